@@ -1,0 +1,131 @@
+"""Step 1: find Imagenette on disk, or download the official archive, verify it and unpack it safely.
+
+Nothing half-done is ever left where it would be trusted: the archive is downloaded to a
+``.part`` name and only renamed once its MD5 matches, and it is extracted into a temporary
+folder that is renamed into place only when extraction finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tarfile
+import tempfile
+import urllib.request
+from pathlib import Path
+
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+# torchvision's Imagenette archives (torchvision.datasets.Imagenette._ARCHIVES).
+BASE_URL = "https://s3.amazonaws.com/fast-ai-imageclas"
+ARCHIVES: dict[str, tuple[str, str]] = {
+    "full": ("imagenette2.tgz", "fe2fc210e6bb7c5664d602c3cd71e612"),
+    "320px": ("imagenette2-320.tgz", "3df6f0d01a2c9592104656642f5e78a3"),
+    "160px": ("imagenette2-160.tgz", "e793b78cc4c9e9a4ccc0c1155377a412"),
+}
+
+
+class DataError(RuntimeError):
+    """A problem with the dataset that the user must fix; the message says how."""
+
+
+def has_splits(folder: Path) -> bool:
+    return (folder / "train").is_dir() and (folder / "val").is_dir()
+
+
+def resolve_root(
+    root: str | Path, variant: str = "160px", download: bool = True, base_url: str = BASE_URL
+) -> Path:
+    """Return the folder holding ``train/`` and ``val/``: ``root`` itself, the archive's folder
+    inside it (``root/imagenette2-160``), or that folder freshly downloaded."""
+    root = Path(root).expanduser().resolve()
+    if has_splits(root):
+        return root
+    if variant not in ARCHIVES:
+        raise DataError(f"unknown data.variant={variant!r}: choose one of {sorted(ARCHIVES)}")
+    archive, md5 = ARCHIVES[variant]
+    target = root / archive.removesuffix(".tgz")
+    if has_splits(target):
+        return target
+    if not download:
+        raise DataError(
+            f"no train/ and val/ folders in {root}: point data.root (or IMAGENETTE_ROOT) at a folder "
+            f"holding them, or set data.download=true to fetch {archive} into it"
+        )
+    root.mkdir(parents=True, exist_ok=True)
+    path = download_file(f"{base_url.rstrip('/')}/{archive}", root / archive, md5)
+    extract_archive(path, target)
+    path.unlink()
+    if not has_splits(target):
+        raise DataError(f"{archive} did not contain train/ and val/: delete {target} and check data.variant")
+    return target
+
+
+def md5sum(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download_file(url: str, dest: Path, md5: str | None = None, timeout: float = 60.0) -> Path:
+    """Download ``url`` to ``dest`` through ``dest.part``; on any failure or MD5 mismatch the part
+    file is removed and a DataError says what happened."""
+    if dest.exists() and (md5 is None or md5sum(dest) == md5):
+        return dest
+    part = dest.with_name(dest.name + ".part")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(part, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0)
+            columns = (
+                *Progress.get_default_columns()[:1],
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+            )
+            with Progress(*columns, transient=True) as progress:
+                task = progress.add_task(f"download {dest.name}", total=total or None)
+                while block := response.read(1 << 20):
+                    out.write(block)
+                    progress.advance(task, len(block))
+        if total and part.stat().st_size != total:
+            raise DataError(
+                f"download of {url} was cut off at {part.stat().st_size} of {total} bytes: run again to retry"
+            )
+        if md5 is not None and (got := md5sum(part)) != md5:
+            raise DataError(
+                f"MD5 mismatch for {url}: expected {md5}, got {got}; the file was deleted, "
+                "run again to retry (or check data.variant)"
+            )
+    except DataError:
+        part.unlink(missing_ok=True)
+        raise
+    except (OSError, ValueError) as err:  # URLError and HTTPError are OSErrors
+        part.unlink(missing_ok=True)
+        raise DataError(
+            f"could not download {url}: {err}; check the network (or data.base_url) and run again"
+        ) from err
+    os.replace(part, dest)
+    return dest
+
+
+def extract_archive(archive: Path, target: Path) -> Path:
+    """Extract a tar archive whose single top-level folder becomes ``target``.
+
+    tarfile's ``data`` filter refuses absolute paths, ``..`` and links leaving the archive;
+    extraction happens in a sibling temporary folder renamed into place when complete."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(tmp, filter="data")
+        entries = [p for p in tmp.iterdir()]
+        top = entries[0] if len(entries) == 1 and entries[0].is_dir() else tmp
+        os.rename(top, target)
+    except (tarfile.TarError, OSError) as err:
+        raise DataError(f"could not extract {archive}: {err}; delete it and run again") from err
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

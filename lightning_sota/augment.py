@@ -1,0 +1,176 @@
+"""Step 4: the whole of fastai's ``aug_transforms`` as one grid_sample per batch, on the device.
+
+Written by hand rather than with torchvision.transforms.v2 because those draw one set of
+parameters per call (per batch) or run per image in Python; here every image gets its own
+random-resized crop, flip, rotation, zoom and warp, all folded into one 3x3 homography per image,
+so a batch costs a single ``grid_sample`` from the presized uint8 cache straight to the output
+size, and the same code runs on CPU and CUDA.
+
+Coordinates are normalised to [-1, 1] (``align_corners=False``). For an output point ``p`` the
+source point is ``C · S · W · A · p``: ``A`` fastai's affine (flip @ rotate @ zoom), ``W`` its
+perspective warp, ``S`` a transpose for images stored transposed, ``C`` the crop inside the
+cached box. Then fastai's lighting (brightness and contrast in logit space); Normalize
+follows in normalize.py.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def _uniform(n: int, low: float, high: float, device) -> Tensor:
+    return torch.empty(n, device=device).uniform_(low, high)
+
+
+def _mask(n: int, p: float, device) -> Tensor:
+    return torch.rand(n, device=device) < p
+
+
+def _eye(n: int, device) -> Tensor:
+    return torch.eye(3, device=device).expand(n, 3, 3).clone()
+
+
+def perspective(src: Tensor, dst: Tensor) -> Tensor:
+    """3x3 homographies [B, 3, 3] mapping the 4 points ``src`` [B, 4, 2] onto ``dst``."""
+    x, y = src.unbind(-1)
+    u, v = dst.unbind(-1)
+    zero, one = torch.zeros_like(x), torch.ones_like(x)
+    rows_u = torch.stack([x, y, one, zero, zero, zero, -u * x, -u * y], -1)
+    rows_v = torch.stack([zero, zero, zero, x, y, one, -v * x, -v * y], -1)
+    a = torch.cat([rows_u, rows_v], 1)  # [B, 8, 8]
+    b = torch.cat([u, v], 1)  # [B, 8]
+    h = torch.linalg.solve(a, b)
+    return torch.cat([h, torch.ones_like(h[:, :1])], 1).view(-1, 3, 3)
+
+
+class BatchAugment(nn.Module):
+    """uint8 [B, H, W, 3] cache batch -> float [B, 3, size, size] in [0, 1], augmented.
+
+    Defaults are fastai's ``aug_transforms(min_scale=0.75)``. ``train=False`` gives the
+    validation view: the centre square of the image resized to ``size``.
+    """
+
+    def __init__(
+        self,
+        min_scale: float = 0.75,
+        p_flip: float = 0.5,
+        max_rotate: float = 10.0,
+        min_zoom: float = 1.0,
+        max_zoom: float = 1.1,
+        max_warp: float = 0.2,
+        p_affine: float = 0.75,
+        max_lighting: float = 0.2,
+        p_lighting: float = 0.75,
+        mode: str = "bilinear",
+        pad_mode: str = "reflection",
+    ) -> None:
+        super().__init__()
+        self.min_scale, self.p_flip, self.max_rotate = min_scale, p_flip, max_rotate
+        self.min_zoom, self.max_zoom, self.max_warp = min_zoom, max_zoom, max_warp
+        self.p_affine, self.max_lighting, self.p_lighting = p_affine, max_lighting, p_lighting
+        self.mode, self.pad_mode = mode, pad_mode
+
+    # -- the four parts of the homography ---------------------------------------------------
+    def crop(self, box: Tensor, hw: tuple[int, int], train: bool) -> Tensor:
+        """C: a square crop of the real pixels ``box`` (top, left, h, w; h <= w) in an H×W array.
+
+        Train: fastai's presize random crop along the long side, then RandomResizedCrop with
+        area fraction U(min_scale, 1) of that square, fused into one square crop. Valid: the
+        centre square."""
+        n, device = len(box), box.device
+        top, left, h, w = box.unbind(1)
+        side = torch.minimum(h, w)
+        if train and self.min_scale < 1:
+            side = side * _uniform(n, self.min_scale, 1.0, device).sqrt()
+        frac_y = torch.rand(n, device=device) if train else torch.full((n,), 0.5, device=device)
+        frac_x = torch.rand(n, device=device) if train else torch.full((n,), 0.5, device=device)
+        cy = top + side / 2 + frac_y * (h - side)
+        cx = left + side / 2 + frac_x * (w - side)
+        big_h, big_w = hw
+        m = _eye(n, device)
+        m[:, 0, 0], m[:, 0, 2] = side / big_w, 2 * cx / big_w - 1
+        m[:, 1, 1], m[:, 1, 2] = side / big_h, 2 * cy / big_h - 1
+        return m
+
+    def affine(self, n: int, device) -> Tensor:
+        """A = flip @ rotate @ zoom, each drawn per image with its own probability (fastai)."""
+        flip = torch.where(_mask(n, self.p_flip, device), -1.0, 1.0)
+        angle = _uniform(n, -self.max_rotate, self.max_rotate, device) * math.pi / 180
+        angle = angle * _mask(n, self.p_affine, device)
+        zoom = _uniform(n, self.min_zoom, self.max_zoom, device)
+        zoom = torch.where(_mask(n, self.p_affine, device), zoom, 1.0)
+        s = 1 / zoom
+        col = (1 - s) * (2 * torch.rand(n, device=device) - 1)
+        row = (1 - s) * (2 * torch.rand(n, device=device) - 1)
+        cos, sin = angle.cos(), angle.sin()
+        m = _eye(n, device)
+        # flip @ rotate @ zoom written out: zoom = [[s, 0, col], [0, s, row]].
+        m[:, 0, 0], m[:, 0, 1], m[:, 0, 2] = flip * cos * s, flip * sin * s, flip * (cos * col + sin * row)
+        m[:, 1, 0], m[:, 1, 1], m[:, 1, 2] = -sin * s, cos * s, -sin * col + cos * row
+        return m
+
+    def warp(self, n: int, device) -> Tensor:
+        """W: fastai's Warp, a perspective moving the corners by up to ``max_warp``."""
+        on = _mask(n, self.p_affine, device)
+        mx = _uniform(n, -self.max_warp, self.max_warp, device) * on
+        my = _uniform(n, -self.max_warp, self.max_warp, device) * on
+        src = torch.tensor([[-1.0, -1], [-1, 1], [1, -1], [1, 1]], device=device).expand(n, 4, 2)
+        dst = torch.stack(
+            [
+                torch.stack([-1 - my, -1 - mx], -1),
+                torch.stack([-1 + my, 1 + mx], -1),
+                torch.stack([1 + my, -1 + mx], -1),
+                torch.stack([1 - my, 1 - mx], -1),
+            ],
+            1,
+        )
+        return perspective(src, dst)
+
+    @staticmethod
+    def transpose(transposed: Tensor) -> Tensor:
+        """S: swaps x and y for images the cache stored transposed."""
+        m = _eye(len(transposed), transposed.device)
+        swap = torch.tensor([[0.0, 1, 0], [1, 0, 0], [0, 0, 1]], device=transposed.device)
+        return torch.where(transposed.view(-1, 1, 1), swap, m)
+
+    # -- the batch --------------------------------------------------------------------------
+    def homography(self, box: Tensor, transposed: Tensor, hw: tuple[int, int], train: bool) -> Tensor:
+        m = self.crop(box, hw, train) @ self.transpose(transposed)
+        if train:
+            n, device = len(box), box.device
+            m = m @ self.warp(n, device) @ self.affine(n, device)
+        return m
+
+    def sample(self, image: Tensor, matrix: Tensor, size: int) -> Tensor:
+        """One grid_sample of uint8 NHWC ``image`` through per-image homographies ``matrix``."""
+        n, device = len(image), image.device
+        line = (torch.arange(size, device=device, dtype=torch.float32) * 2 + 1) / size - 1
+        ys, xs = torch.meshgrid(line, line, indexing="ij")
+        base = torch.stack([xs, ys, torch.ones_like(xs)], -1).view(1, -1, 3)
+        pts = base @ matrix.transpose(1, 2)  # [B, size*size, 3]
+        grid = (pts[..., :2] / pts[..., 2:]).view(n, size, size, 2)
+        # NHWC uint8 permuted is NCHW in channels_last layout: no copy beyond the float cast.
+        x = image.permute(0, 3, 1, 2).float()
+        return F.grid_sample(x, grid, mode=self.mode, padding_mode=self.pad_mode, align_corners=False)
+
+    def lighting(self, x: Tensor) -> Tensor:
+        """fastai's Brightness then Contrast, in logit space, each with p_lighting."""
+        n, device = len(x), x.device
+        lo, hi = 0.5 * (1 - self.max_lighting), 0.5 * (1 + self.max_lighting)
+        bright = torch.where(_mask(n, self.p_lighting, device), _uniform(n, lo, hi, device), 0.5)
+        log_c = _uniform(n, math.log(1 - self.max_lighting), -math.log(1 - self.max_lighting), device)
+        contrast = torch.where(_mask(n, self.p_lighting, device), log_c.exp(), 1.0)
+        shift = torch.logit(bright).view(-1, 1, 1, 1)
+        return torch.sigmoid((torch.logit(x.clamp(1e-7, 1 - 1e-7)) + shift) * contrast.view(-1, 1, 1, 1))
+
+    def forward(self, batch: dict, train: bool) -> Tensor:
+        image = batch["image"]
+        matrix = self.homography(batch["box"], batch["transposed"], image.shape[1:3], train)
+        x = self.sample(image, matrix, int(batch["size"])) / 255
+        if train and self.max_lighting > 0 and self.p_lighting > 0:
+            x = self.lighting(x)
+        return x

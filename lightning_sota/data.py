@@ -1,0 +1,235 @@
+"""Steps 1-3: the dataset on disk, its presized caches, and uint8 batches gathered from them.
+
+A batch is a dict: ``image`` uint8 [B, H, W, 3] straight from the cache (no decode, no per-item
+Python), ``box``/``transposed`` (where the real pixels are), ``label`` and ``size``, the output
+resolution the augmentation on the device must produce. Everything after the gather happens on
+the device, in ``augment.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+
+from .acquire import DataError, resolve_root
+from .cache import ImageCache, build_cache
+
+log = logging.getLogger(__name__)
+
+IMAGENETTE_CLASSES = {
+    "n01440764": "tench",
+    "n02102040": "English springer",
+    "n02979186": "cassette player",
+    "n03000684": "chain saw",
+    "n03028079": "church",
+    "n03394916": "French horn",
+    "n03417042": "garbage truck",
+    "n03425413": "gas pump",
+    "n03445777": "golf ball",
+    "n03888257": "parachute",
+}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+# fastai's chapter 7 presizes to 460 for 224 px training: room for crops, rotation and zoom.
+PRESIZE_RATIO = 460 / 224
+
+
+@dataclass(frozen=True)
+class Phase:
+    size: int
+    batch_size: int
+    epochs: int
+
+
+def scan_split(folder: Path, classes: list[str] | None = None) -> tuple[list[str], list[Path], np.ndarray]:
+    """Class folders (sorted) and their image files; non-image files are ignored."""
+    found = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not found:
+        raise DataError(f"{folder} has no class folders: it must hold one folder of images per class")
+    if classes is not None and found != classes:
+        diff = sorted(set(found) ^ set(classes))
+        raise DataError(
+            f"the classes of {folder} differ from train/'s ({', '.join(diff)}): "
+            "both splits need the same class folders"
+        )
+    files: list[Path] = []
+    labels: list[int] = []
+    for label, name in enumerate(found):
+        images = sorted(
+            p for p in (folder / name).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+        )
+        if not images:
+            raise DataError(f"class folder {folder / name} holds no images: add some or remove it")
+        files += images
+        labels += [label] * len(images)
+    return found, files, np.asarray(labels, np.int64)
+
+
+class CachedImages(Dataset):
+    """Indexed by a whole list of indices: one numpy gather per batch."""
+
+    def __init__(self, cache: ImageCache, labels: np.ndarray, size: int) -> None:
+        self.cache, self.labels, self.size = cache, labels, size
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, indices: list[int]) -> dict:
+        idx = np.sort(np.asarray(indices))  # sorted: sequential reads from the memory map
+        return {
+            "image": torch.from_numpy(self.cache.images[idx]),
+            "box": torch.from_numpy(self.cache.boxes[idx]),
+            "transposed": torch.from_numpy(self.cache.transposed[idx]),
+            "label": torch.from_numpy(self.labels[idx]),
+            "size": self.size,
+        }
+
+
+class ImagenetteDataModule(pl.LightningDataModule):
+    """Imagenette (or any train/ val/ folder of class folders) as presized uint8 batches.
+
+    Training follows ``phases``: the epoch decides the size and batch size, so the Trainer must
+    reload dataloaders every epoch (``reload_dataloaders_every_n_epochs=1``); validation runs
+    at the current training size.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        phases: list,
+        variant: str = "160px",
+        download: bool = True,
+        base_url: str | None = None,
+        presize: int | None = None,
+        max_aspect: float = 4 / 3,
+        cache_dir: str = "outputs/cache",
+        cache_workers: int | None = None,
+        workers: int = 0,
+        val_batch_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.root_arg = root
+        self.phases = [p if isinstance(p, Phase) else Phase(**p) for p in phases]
+        self.variant, self.download, self.base_url = variant, download, base_url
+        self.presize, self.max_aspect = presize, max_aspect
+        self.cache_dir, self.cache_workers, self.workers = cache_dir, cache_workers, workers
+        self.val_batch_size = val_batch_size
+        self.epoch = 0
+        self.cache_seconds = 0.0
+        self._ready = False
+
+    # -- phases -----------------------------------------------------------------------------
+    def phase_at(self, epoch: int) -> Phase:
+        for phase in self.phases:
+            if epoch < phase.epochs:
+                return phase
+            epoch -= phase.epochs
+        return self.phases[-1]
+
+    @property
+    def epochs(self) -> int:
+        return sum(p.epochs for p in self.phases)
+
+    def steps_per_epoch(self, phase: Phase) -> int:
+        return len(self.train_index) // phase.batch_size  # drop_last, as fastai trains
+
+    def total_train_steps(self) -> int:
+        return sum(self.steps_per_epoch(p) * p.epochs for p in self.phases)
+
+    def current_phase(self) -> Phase:
+        epoch = self.trainer.current_epoch if self.trainer is not None else self.epoch
+        return self.phase_at(epoch)
+
+    # -- data -------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self._ready:
+            return
+        kwargs = {"base_url": self.base_url} if self.base_url else {}
+        self.root = resolve_root(self.root_arg, self.variant, self.download, **kwargs)
+        self.wnids, train_files, train_labels = scan_split(self.root / "train")
+        _, val_files, val_labels = scan_split(self.root / "val", self.wnids)
+        self.classes = [IMAGENETTE_CLASSES.get(w, w) for w in self.wnids]
+
+        start = time.perf_counter()
+        train_caches, val_caches = {}, {}
+        for size in sorted({p.size for p in self.phases}):
+            presize = self.presize or round(size * PRESIZE_RATIO)
+            train_caches[size] = build_cache(
+                train_files, presize, self.cache_dir, self.max_aspect, self.cache_workers
+            )
+            val_caches[size] = build_cache(
+                val_files, presize, self.cache_dir, self.max_aspect, self.cache_workers
+            )
+        built = any(c.built for c in (*train_caches.values(), *val_caches.values()))
+        self.cache_seconds = time.perf_counter() - start if built else 0.0
+
+        # Undecodable files are left out everywhere, and named (results.json: dataset.skipped).
+        bad = ~np.logical_and.reduce([c.ok for c in train_caches.values()])
+        bad_val = ~np.logical_and.reduce([c.ok for c in val_caches.values()])
+        self.skipped = [str(f) for f, b in zip(train_files, bad, strict=True) if b]
+        self.skipped += [str(f) for f, b in zip(val_files, bad_val, strict=True) if b]
+        if self.skipped:
+            log.warning("skipped %d unreadable images: %s", len(self.skipped), ", ".join(self.skipped))
+        self.train_index = np.flatnonzero(~bad)
+        self.val_index = np.flatnonzero(~bad_val)
+        self.train_caches, self.val_caches = train_caches, val_caches
+        self.train_labels, self.val_labels = train_labels, val_labels
+        self._ready = True
+
+    def _loader(self, train: bool, size: int, batch_size: int) -> DataLoader:
+        if train:
+            dataset = CachedImages(self.train_caches[size], self.train_labels, size)
+            index = self.train_index
+        else:
+            dataset = CachedImages(self.val_caches[size], self.val_labels, size)
+            index = self.val_index
+        base = RandomSampler(index) if train else SequentialSampler(index)
+        batches = _IndexedBatchSampler(index, BatchSampler(base, batch_size, drop_last=train))
+        return DataLoader(
+            dataset,
+            sampler=batches,
+            batch_size=None,
+            num_workers=self.workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        phase = self.current_phase()
+        return self._loader(True, phase.size, phase.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        phase = self.current_phase()
+        return self._loader(False, phase.size, self.val_batch_size or 2 * phase.batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def summary(self) -> dict:
+        return {
+            "root": str(self.root),
+            "train": len(self.train_index),
+            "val": len(self.val_index),
+            "classes": self.classes,
+            "skipped": self.skipped,
+        }
+
+
+class _IndexedBatchSampler:
+    """Maps positions drawn by ``batches`` to dataset indices (skipping unreadable images)."""
+
+    def __init__(self, index: np.ndarray, batches: BatchSampler) -> None:
+        self.index, self.batches = index, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        for batch in self.batches:
+            yield self.index[batch].tolist()

@@ -1,0 +1,49 @@
+"""fastai's xresnet family, built on timm.
+
+timm's ``resnet*d`` is xresnet's topology (deep 32-32-64 stem, average-pool shortcut
+downsampling, zero-initialised last BatchNorm of each block); only the initialisation differs,
+so we apply fastai's: kaiming_normal (fan_in) on every conv and linear, biases zero. Any other
+timm architecture name is passed through unchanged.
+"""
+
+from __future__ import annotations
+
+import timm
+import torch
+from torch import nn
+
+XRESNETS = {
+    "xresnet18": "resnet18d",
+    "xresnet34": "resnet34d",
+    "xresnet50": "resnet50d",
+    "xresnet101": "resnet101d",
+    "xresnet152": "resnet152d",
+}
+
+
+def fastai_init(model: nn.Module) -> nn.Module:
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d | nn.Linear):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return model  # BatchNorms keep timm's init: 1/0, and 0 for each block's last (zero_init_last)
+
+
+def create_model(
+    arch: str = "xresnet50", num_classes: int = 10, channels_last: bool = True, **kwargs
+) -> nn.Module:
+    """``arch``: an xresnet name (timm's resnet*d with fastai's init) or any timm model name."""
+    if arch in XRESNETS:
+        model = fastai_init(timm.create_model(XRESNETS[arch], num_classes=num_classes, **kwargs))
+    else:
+        try:
+            model = timm.create_model(arch, num_classes=num_classes, **kwargs)
+        except RuntimeError as err:  # timm: "Unknown model (...)"
+            raise ValueError(
+                f"unknown model.arch={arch!r}: use one of {sorted(XRESNETS)} or a "
+                "timm model name (timm.list_models())"
+            ) from err
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model

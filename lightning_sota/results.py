@@ -1,0 +1,56 @@
+"""results.json: the run's honest, machine-readable summary (DESIGN.md's output contract)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write through a temporary name and rename: a killed run never leaves half a file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def summarize(
+    *,
+    name: str,
+    seed: int,
+    arch: str,
+    phases: list[dict],
+    history: list[dict],
+    train_seconds: float,
+    cache_seconds: float,
+    test_seconds: float | None,
+    tta_acc: float | None,
+    train_images: int,
+    val_seconds: float,
+    precision: str,
+    device: str,
+    dataset: dict,
+    normalize: dict | None,
+) -> dict:
+    accs = [row["val_acc"] for row in history if row["val_acc"] is not None]
+    step_seconds = max(train_seconds - val_seconds, 1e-9)
+    return {
+        "experiment": name,
+        "seed": seed,
+        "arch": arch,
+        "phases": phases,
+        "epochs": sum(p["epochs"] for p in phases),
+        "val_acc": accs[-1] if accs else None,
+        "tta_acc": tta_acc,
+        "best_val_acc": max(accs) if accs else None,
+        "history": history,
+        "train_seconds": round(train_seconds, 2),
+        "cache_seconds": round(cache_seconds, 2),
+        "test_seconds": None if test_seconds is None else round(test_seconds, 2),
+        "train_images_per_second": round(train_images / step_seconds, 1),
+        "precision": precision,
+        "device": device,
+        "normalize": normalize,
+        "dataset": dataset,
+    }

@@ -1,0 +1,85 @@
+"""Per-batch learning-rate and momentum schedules with fastai's exact shapes.
+
+A schedule is a list of cycles, each a number of optimizer steps with its own peak learning rate,
+so one cycle over the whole run (``fit_one_cycle``) and a new cycle per progressive phase
+(``fine_tune``) are the same code. Stepped once per batch by Lightning (``interval: step``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+
+def cos_anneal(start: float, end: float, pos: float) -> float:
+    """fastai's SchedCos: from ``start`` at pos 0 to ``end`` at pos 1 along half a cosine."""
+    return start + (1 + math.cos(math.pi * (1 - pos))) * (end - start) / 2
+
+
+def one_cycle_value(pos: float, start: float, middle: float, end: float, pct_start: float) -> float:
+    """fastai's combined_cos: start -> middle over ``pct_start``, then middle -> end."""
+    if pos < pct_start:
+        return cos_anneal(start, middle, pos / pct_start)
+    return cos_anneal(middle, end, (pos - pct_start) / (1 - pct_start))
+
+
+@dataclass
+class Cycle:
+    steps: int
+    lr_max: float
+    div: float = 25.0
+    div_final: float = 1e5
+    pct_start: float = 0.25
+
+
+class CycleSchedule(LRScheduler):
+    """Learning rate and Adam's beta1 (momentum) for every optimizer step of ``cycles``."""
+
+    def __init__(
+        self, optimizer: Optimizer, cycles: list[Cycle], moms: tuple[float, float, float] = (0.95, 0.85, 0.95)
+    ) -> None:
+        self.cycles = [asdict(c) for c in cycles]  # plain dicts: checkpoints load weights_only
+        self.moms = list(moms)
+        super().__init__(optimizer)
+
+    @property
+    def total_steps(self) -> int:
+        return sum(c["steps"] for c in self.cycles)
+
+    def values(self, step: int) -> tuple[float, float]:
+        """(lr, momentum) at optimizer step ``step`` (0-based); past the end, the final values."""
+        for c in self.cycles:
+            if step < c["steps"] or c is self.cycles[-1]:
+                pos = min(step / c["steps"], 1.0)
+                lr = one_cycle_value(
+                    pos, c["lr_max"] / c["div"], c["lr_max"], c["lr_max"] / c["div_final"], c["pct_start"]
+                )
+                mom = one_cycle_value(pos, *self.moms, c["pct_start"])
+                return lr, mom
+            step -= c["steps"]
+        raise ValueError("a schedule needs at least one cycle")
+
+    def get_lr(self) -> list[float]:
+        lr, mom = self.values(self.last_epoch)
+        for group in self.optimizer.param_groups:
+            if "betas" in group:
+                group["betas"] = (mom, group["betas"][1])
+            elif "momentum" in group:
+                group["momentum"] = mom
+        return [lr for _ in self.optimizer.param_groups]
+
+
+def one_cycle(
+    optimizer: Optimizer,
+    phase_steps: list[int],
+    lr_max: float,
+    div: float = 25.0,
+    div_final: float = 1e5,
+    pct_start: float = 0.25,
+    moms: tuple[float, float, float] = (0.95, 0.85, 0.95),
+) -> CycleSchedule:
+    """fit_one_cycle: one cycle over the steps of every phase together."""
+    return CycleSchedule(optimizer, [Cycle(sum(phase_steps), lr_max, div, div_final, pct_start)], moms)

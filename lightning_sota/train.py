@@ -1,0 +1,98 @@
+"""Hydra entry point: compose the config, build every part with ``_target_``, fit, report."""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+
+from .callbacks import History
+from .data import ImagenetteDataModule
+from .module import ImageClassifier
+from .results import summarize, write_json
+
+log = logging.getLogger("lightning_sota")
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+# The loader gathers whole batches from a memory map in the main process on purpose.
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict:
+    pl.seed_everything(cfg.seed, workers=True)
+    data: ImagenetteDataModule = instantiate(cfg.data)
+    data.setup("fit")  # acquire and build the presize caches now: reported apart from the fit
+
+    model = instantiate(cfg.model, num_classes=len(data.classes))
+    module = ImageClassifier(
+        model=model,
+        augment=instantiate(cfg.augment),
+        normalize=instantiate(cfg.normalize),
+        loss=instantiate(cfg.loss),
+        optimizer=instantiate(cfg.optim),
+        schedule=instantiate(cfg.schedule),
+        num_classes=len(data.classes),
+        channels_last=cfg.model.channels_last,
+    )
+
+    history = History()
+    callbacks = [
+        history,
+        LearningRateMonitor(logging_interval="step"),
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0),
+    ]
+    loggers = [instantiate(c) for c in cfg.logger.values()]
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer,
+        max_epochs=data.epochs,
+        callbacks=callbacks,
+        logger=loggers,
+        default_root_dir=str(run_dir),
+        reload_dataloaders_every_n_epochs=1,
+        num_sanity_val_steps=0,
+    )
+
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=data)
+    train_seconds = time.perf_counter() - start
+
+    results = summarize(
+        name=cfg.name,
+        seed=cfg.seed,
+        arch=cfg.model.arch,
+        phases=[vars(p) for p in data.phases],
+        history=history.rows,
+        train_seconds=train_seconds,
+        cache_seconds=data.cache_seconds,
+        test_seconds=None,
+        tta_acc=None,
+        train_images=history.train_images,
+        val_seconds=history.val_seconds,
+        precision=str(trainer.precision),
+        device=trainer.strategy.root_device.type,
+        dataset=data.summary(),
+        normalize=module.normalize.stats(),
+    )
+    if trainer.is_global_zero:
+        write_json(run_dir / "results.json", results)
+        log.info("val_acc %.4f in %.1f s (%s)", results["val_acc"], train_seconds, run_dir)
+    return results
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
+    return train(cfg, run_dir)["val_acc"]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""Fixtures that write real image files: JPEG folders in the official layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+MINI = ROOT.parent / "shared" / "data" / "imagenette-mini"
+
+# One colour per class so that a few steps of training can learn something.
+COLOURS = [(220, 40, 40), (40, 200, 60), (50, 60, 220)]
+
+
+def write_image(path: Path, size: tuple[int, int], colour, mode: str = "RGB", seed: int = 0) -> Path:
+    """A real image file: a coloured gradient with noise, saved by suffix (JPEG, PNG, ...)."""
+    w, h = size
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0.6, 1.0, w)[None, :, None]
+    arr = np.clip(np.array(colour)[None, None] * ramp + rng.normal(0, 12, (h, w, 3)), 0, 255)
+    img = Image.fromarray(arr.astype(np.uint8))
+    if mode != "RGB":
+        img = img.convert(mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    return path
+
+
+def make_folder(
+    root: Path,
+    classes=("cats", "dogs", "birds"),
+    train: int = 12,
+    val: int = 4,
+    sizes=((200, 150), (150, 200), (120, 120)),
+) -> Path:
+    """train/ and val/ with one folder per class; landscape, portrait and square JPEGs."""
+    for split, n in (("train", train), ("val", val)):
+        for c, name in enumerate(classes):
+            for i in range(n):
+                write_image(
+                    root / split / name / f"{i}.jpg", sizes[i % len(sizes)], COLOURS[c % 3], seed=i + 100 * c
+                )
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    return make_folder(tmp_path / "pets")
+
+
+@pytest.fixture
+def mini() -> Path:
+    if not MINI.is_dir():
+        pytest.fail(f"{MINI} is missing: the tests need ../shared/data/imagenette-mini")
+    return MINI

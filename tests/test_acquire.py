@@ -1,0 +1,93 @@
+"""Downloads from a real HTTP server on 127.0.0.1, checksums and safe extraction."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import io
+import tarfile
+import threading
+from pathlib import Path
+
+import pytest
+
+from lightning_sota import acquire
+from lightning_sota.acquire import DataError, resolve_root
+
+from .conftest import make_folder
+
+
+def make_tgz(path: Path, source: Path, arcname: str) -> str:
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(source, arcname=arcname)
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def server(tmp_path: Path):
+    """Serves tmp_path/www on a free port of 127.0.0.1."""
+    www = tmp_path / "www"
+    www.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield www, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def test_download_verify_and_extract(tmp_path, server, monkeypatch):
+    www, url = server
+    src = make_folder(tmp_path / "src", train=2, val=1)
+    md5 = make_tgz(www / "imagenette2-160.tgz", src, "imagenette2-160")
+    monkeypatch.setitem(acquire.ARCHIVES, "160px", ("imagenette2-160.tgz", md5))
+
+    data = tmp_path / "data"
+    root = resolve_root(data, "160px", download=True, base_url=url)
+    assert root == data / "imagenette2-160"
+    assert sorted(p.name for p in (root / "train").iterdir()) == ["birds", "cats", "dogs"]
+    assert len(list((root / "val" / "cats").glob("*.jpg"))) == 1
+    # The archive is gone and no temporary folder is left; a second call does not download.
+    assert sorted(p.name for p in data.iterdir()) == ["imagenette2-160"]
+    (www / "imagenette2-160.tgz").unlink()
+    assert resolve_root(data, "160px", download=True, base_url=url) == root
+
+
+def test_md5_mismatch_leaves_nothing(tmp_path, server, monkeypatch):
+    www, url = server
+    make_tgz(www / "imagenette2-160.tgz", make_folder(tmp_path / "src", train=1, val=1), "x")
+    monkeypatch.setitem(acquire.ARCHIVES, "160px", ("imagenette2-160.tgz", "0" * 32))
+    data = tmp_path / "data"
+    with pytest.raises(DataError, match="MD5 mismatch.*deleted.*run again"):
+        resolve_root(data, "160px", download=True, base_url=url)
+    assert list(data.iterdir()) == []
+
+
+def test_unreachable_server_leaves_nothing(tmp_path, server, monkeypatch):
+    _, url = server  # serves nothing: 404
+    data = tmp_path / "data"
+    with pytest.raises(DataError, match="could not download .*404"):
+        resolve_root(data, "160px", download=True, base_url=url)
+    assert list(data.iterdir()) == []
+
+
+def test_archive_escaping_its_folder_is_refused(tmp_path):
+    bad = tmp_path / "bad.tgz"
+    with tarfile.open(bad, "w:gz") as tar:
+        info = tarfile.TarInfo("../evil.txt")
+        info.size = 4
+        tar.addfile(info, io.BytesIO(b"evil"))
+    with pytest.raises(DataError, match="could not extract"):
+        acquire.extract_archive(bad, tmp_path / "out" / "target")
+    assert not (tmp_path / "out" / "evil.txt").exists() and not (tmp_path / "evil.txt").exists()
+    assert not (tmp_path / "out" / "target").exists()
+
+
+def test_missing_root_without_download_says_what_to_do(tmp_path):
+    with pytest.raises(DataError, match="point data.root .*IMAGENETTE_ROOT.*data.download=true"):
+        resolve_root(tmp_path / "nowhere", "160px", download=False)
+
+
+def test_existing_folder_is_used_as_is(image_folder):
+    assert resolve_root(image_folder, "160px", download=False) == image_folder

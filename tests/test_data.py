@@ -1,0 +1,85 @@
+"""The datamodule on the real imagenette-mini and on generated JPEG folders."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lightning_sota.acquire import DataError
+from lightning_sota.augment import BatchAugment
+from lightning_sota.data import ImagenetteDataModule, Phase, scan_split
+
+from .conftest import write_image
+
+
+def datamodule(root, tmp_path, phases=({"size": 32, "batch_size": 16, "epochs": 2},)):
+    dm = ImagenetteDataModule(
+        root=str(root),
+        phases=list(phases),
+        download=False,
+        cache_dir=str(tmp_path / "cache"),
+        cache_workers=2,
+    )
+    dm.setup("fit")
+    return dm
+
+
+def test_imagenette_mini(mini, tmp_path):
+    dm = datamodule(mini, tmp_path)
+    assert (len(dm.train_index), len(dm.val_index)) == (500, 200)
+    assert dm.classes[0] == "tench" and dm.classes[-1] == "parachute" and len(dm.classes) == 10
+    assert dm.summary()["skipped"] == [] and dm.cache_seconds > 0
+    batches = list(dm.train_dataloader())
+    assert len(batches) == dm.steps_per_epoch(dm.phases[0]) == 500 // 16  # drop_last
+    b = batches[0]
+    assert b["image"].dtype == torch.uint8 and b["image"].shape == (16, 66, 66, 3)  # 32 x 460/224
+    assert b["size"] == 32 and b["label"].dtype == torch.int64
+    seen = torch.cat([x["label"] for x in batches])
+    assert len(set(seen.tolist())) == 10  # shuffled across classes
+    val = list(dm.val_dataloader())
+    assert sum(len(x["label"]) for x in val) == 200  # every validation image, once
+    assert torch.equal(torch.cat([x["label"] for x in val]), torch.from_numpy(dm.val_labels))
+    # A second datamodule reuses the caches: no decode time reported.
+    assert datamodule(mini, tmp_path).cache_seconds == 0
+
+
+def test_generated_folder_with_any_class_names(image_folder, tmp_path):
+    dm = datamodule(image_folder, tmp_path, [{"size": 24, "batch_size": 8, "epochs": 1}])
+    assert dm.classes == ["birds", "cats", "dogs"]
+    batch = next(iter(dm.val_dataloader()))
+    # Portrait JPEGs are stored transposed and come back upright from the augmentation.
+    assert batch["transposed"].any() and not batch["transposed"].all()
+    out = BatchAugment()(batch, train=False)
+    assert out.shape == (len(batch["label"]), 3, 24, 24)
+    # Each class has its own colour: the dominant channel of the output gives the class back.
+    dominant = out.mean((2, 3)).argmax(1)
+    colour_of_class = {0: 2, 1: 0, 2: 1}  # birds blue, cats red, dogs green (conftest.COLOURS)
+    assert all(int(d) == colour_of_class[int(y)] for d, y in zip(dominant, batch["label"], strict=True))
+
+
+def test_phases_decide_size_and_batch_size(image_folder, tmp_path):
+    phases = [{"size": 16, "batch_size": 4, "epochs": 2}, {"size": 24, "batch_size": 8, "epochs": 1}]
+    dm = datamodule(image_folder, tmp_path, phases)
+    assert [dm.phase_at(e) for e in range(4)] == [Phase(16, 4, 2)] * 2 + [Phase(24, 8, 1)] * 2
+    assert dm.epochs == 3 and dm.total_train_steps() == 2 * (36 // 4) + 36 // 8
+    dm.epoch = 2
+    assert next(iter(dm.train_dataloader()))["image"].shape[0] == 8
+
+
+def test_non_images_ignored_and_bad_layouts_named(tmp_path):
+    root = tmp_path / "d"
+    for split in ("train", "val"):
+        write_image(root / split / "a" / "x.jpg", (32, 32), (1, 2, 3))
+        write_image(root / split / "b" / "y.png", (32, 32), (4, 5, 6))
+    (root / "train" / "a" / "notes.txt").write_text("not an image")
+    classes, files, labels = scan_split(root / "train")
+    assert classes == ["a", "b"] and [f.name for f in files] == ["x.jpg", "y.png"]
+    np.testing.assert_array_equal(labels, [0, 1])
+
+    (root / "val" / "c").mkdir()
+    with pytest.raises(DataError, match="differ from train/'s \\(c\\)"):
+        scan_split(root / "val", classes)
+    (root / "train" / "c").mkdir()
+    with pytest.raises(DataError, match="holds no images"):
+        scan_split(root / "train")

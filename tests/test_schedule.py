@@ -1,0 +1,61 @@
+"""fastai's one-cycle schedule and Adam, checked against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_sota.optim import adam
+from lightning_sota.schedule import Cycle, CycleSchedule, one_cycle
+
+
+def make(steps: int = 100, lr: float = 1e-2):
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(2))
+    model(torch.randn(1, 3, 5, 5))
+    opt = adam(model, lr=lr)
+    return model, opt, one_cycle(opt, [steps // 2, steps - steps // 2], lr_max=lr)
+
+
+def test_fastai_one_cycle_values():
+    _, _, sched = make()
+    lr, mom = sched.values(0)
+    assert lr == pytest.approx(1e-2 / 25) and mom == pytest.approx(0.95)
+    lr, mom = sched.values(25)  # end of warm-up (pct_start 0.25)
+    assert lr == pytest.approx(1e-2) and mom == pytest.approx(0.85)
+    # Half-way through the whole run: 1/3 of the way down the cosine.
+    lr, mom = sched.values(50)
+    assert lr == pytest.approx(1e-7 + (1e-2 - 1e-7) * (1 + math.cos(math.pi / 3)) / 2)
+    assert mom == pytest.approx(0.85 + 0.10 * (1 + math.cos(math.pi * 2 / 3)) / 2)
+    # Warm-up is a cosine too: at 12.5% of the run, half-way from lr/25 to lr.
+    assert sched.values(12)[0] < (4e-4 + 1e-2) / 2 < sched.values(13)[0]
+    assert sched.values(100)[0] == pytest.approx(1e-7) and sched.values(100)[1] == pytest.approx(0.95)
+    assert sched.total_steps == 100
+
+
+def test_scheduler_drives_the_optimizer_every_step():
+    model, opt, sched = make(steps=40)
+    for step in range(40):
+        lr, mom = sched.values(step)
+        for group in opt.param_groups:
+            assert group["lr"] == pytest.approx(lr) and group["betas"] == (pytest.approx(mom), 0.99)
+        opt.step()
+        sched.step()
+
+
+def test_cycles_chain():
+    _, opt, _ = make()
+    sched = CycleSchedule(opt, [Cycle(10, 1e-2, pct_start=0.99), Cycle(20, 5e-3, div=5)])
+    assert sched.values(10)[0] == pytest.approx(5e-3 / 5)  # the second cycle starts over
+    assert sched.total_steps == 30
+
+
+def test_adam_is_fastais():
+    model, opt, _ = make()
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+    assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    assert opt.defaults["eps"] == 1e-5 and isinstance(opt, torch.optim.AdamW)
