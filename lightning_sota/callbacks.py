@@ -5,19 +5,27 @@ from __future__ import annotations
 import time
 
 import pytorch_lightning as pl
+from pytorch_lightning.utilities import rank_zero_info
 
 
 class History(pl.Callback):
-    """One row per epoch (size, batch size, losses, accuracy) and the time spent training
-    and validating, so results.json can report images/s of the training steps alone."""
+    """One row per epoch with the size and batch size the training batches really had, the
+    losses and the accuracy; and the time spent validating, so results.json can report the
+    images/s of the training steps alone."""
 
     def __init__(self) -> None:
         self.rows: list[dict] = []
         self.train_images = 0
         self.val_seconds = 0.0
 
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._sizes: set[int] = set()
+        self._batch_sizes: set[int] = set()
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.train_images += len(batch["label"])
+        self._sizes.add(int(batch["size"]))
+        self._batch_sizes.add(len(batch["label"]))
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         self._val_start = time.perf_counter()
@@ -26,19 +34,53 @@ class History(pl.Callback):
         self.val_seconds += time.perf_counter() - self._val_start
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        phase = trainer.datamodule.current_phase()
         metrics = trainer.callback_metrics
 
         def value(key: str) -> float | None:
             return round(float(metrics[key]), 5) if key in metrics else None
 
+        def seen(values: set[int]) -> int | list[int] | None:
+            return next(iter(values)) if len(values) == 1 else sorted(values) or None
+
         self.rows.append(
             {
                 "epoch": trainer.current_epoch,
-                "size": phase.size,
-                "batch_size": phase.batch_size,
+                "size": seen(self._sizes),
+                "batch_size": seen(self._batch_sizes),
                 "train_loss": value("train_loss"),
                 "val_loss": value("val_loss"),
                 "val_acc": value("val_acc"),
             }
         )
+
+
+class ProgressiveResize(pl.Callback):
+    """Reports the progressive-resizing phases as the run moves through them.
+
+    The switch itself is the datamodule's: Lightning asks for each epoch's loader before any
+    epoch-start hook runs, so the phase must be a pure function of the epoch that the
+    datamodule evaluates when asked (which also makes a resumed run land in the right phase).
+    This callback checks the phases against the Trainer, logs ``size`` and ``batch_size`` every
+    epoch (metrics.csv) and announces each new phase.
+    """
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        data = trainer.datamodule
+        if trainer.max_epochs != data.epochs:
+            raise ValueError(
+                f"the phases add up to {data.epochs} epochs but the Trainer runs {trainer.max_epochs}: "
+                "set the epochs in resize.phases, not trainer.max_epochs"
+            )
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        data = trainer.datamodule
+        phase = data.current_phase()
+        epoch = trainer.current_epoch
+        if epoch == 0 or phase != data.phase_at(epoch - 1):
+            number = data.phases.index(phase) + 1
+            rank_zero_info(
+                f"phase {number}/{len(data.phases)}: {phase.size} px, batch size {phase.batch_size}, "
+                f"{phase.epochs} epochs"
+            )
+        pl_module.log("size", float(phase.size), on_step=False, on_epoch=True)
+        pl_module.log("batch_size", float(phase.batch_size), on_step=False, on_epoch=True)

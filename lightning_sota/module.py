@@ -1,4 +1,4 @@
-"""Steps 4-7 for one batch: augment and normalize on the device, forward, loss, one-cycle step."""
+"""Steps 4-7 for one batch: augment and normalize on the device, mix, forward, loss, step."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from .normalize import Normalize
 class ImageClassifier(pl.LightningModule):
     """Trains ``model`` on uint8 cache batches (see data.py) with fastai's recipe.
 
-    ``optimizer(model)`` and ``schedule(optimizer, phase_steps)`` are factories (Hydra partials)
-    so the schedule can be sized from the datamodule's phases once they are known.
+    ``loss`` must return one loss per image (``reduction='none'``) so MixUp/CutMix can weight
+    them by λ. ``optimizer(model)`` and ``schedule(optimizer, phases)`` are factories (Hydra
+    partials): the schedule is sized from the datamodule's phases once they are known.
     """
 
     def __init__(
@@ -29,40 +30,55 @@ class ImageClassifier(pl.LightningModule):
         optimizer: Callable,
         schedule: Callable,
         num_classes: int,
+        mix: Callable | None = None,
         channels_last: bool = True,
     ) -> None:
         super().__init__()
         self.model, self.augment, self.normalize, self.loss = model, augment, normalize, loss
-        self.optimizer_factory, self.schedule_factory = optimizer, schedule
+        self.optimizer_factory, self.schedule_factory, self.mix = optimizer, schedule, mix
         self.channels_last = channels_last
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
 
     def prepare(self, batch: dict, train: bool) -> Tensor:
-        """uint8 cache batch -> normalized float input at the batch's size."""
+        """uint8 cache batch -> augmented, normalized float input at the batch's size."""
         x = self.normalize(self.augment(batch, train))
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x)
 
+    def predict_probs(self, x: Tensor) -> Tensor:
+        return self.model(x).float().softmax(1)
+
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        x = self.prepare(batch, train=True)
-        loss = self.loss(self.model(x), batch["label"])
+        x, y = self.prepare(batch, train=True), batch["label"]
+        if self.mix is None:
+            loss = self.loss(self.model(x), y).mean()
+        else:
+            x, partner, lam = self.mix(x, y)
+            logits = self.model(x)
+            loss = torch.lerp(self.loss(logits, partner), self.loss(logits, y), lam).mean()
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x))
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        x = self.prepare(batch, train=False)
-        logits = self.model(x)
-        self.log(
-            "val_loss", self.loss(logits, batch["label"]), on_epoch=True, prog_bar=True, batch_size=len(x)
-        )
-        self.val_acc(logits, batch["label"])
-        self.log("val_acc", self.val_acc, on_epoch=True, prog_bar=True, batch_size=len(x))
+        logits, y = self.model(self.prepare(batch, train=False)), batch["label"]
+        self.log("val_loss", self.loss(logits, y).mean(), on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.val_acc(logits, y)
+        self.log("val_acc", self.val_acc, on_epoch=True, prog_bar=True, batch_size=len(y))
+
+    def test_step(self, batch: dict, batch_idx: int) -> Tensor:
+        """The centre prediction; a TestTimeAugmentation callback adds its augmented passes."""
+        probs = self.predict_probs(self.prepare(batch, train=False))
+        self.test_acc(probs, batch["label"])
+        self.log("test_acc", self.test_acc, on_epoch=True, batch_size=len(probs))
+        return probs
 
     def configure_optimizers(self) -> dict:
         optimizer = self.optimizer_factory(self.model)
         data = self.trainer.datamodule
-        phase_steps = [data.steps_per_epoch(p) * p.epochs for p in data.phases]
-        schedule = self.schedule_factory(optimizer, phase_steps)
+        schedule = self.schedule_factory(
+            optimizer, [(data.steps_per_epoch(p), p.epochs) for p in data.phases]
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

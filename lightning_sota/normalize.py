@@ -1,4 +1,5 @@
-"""fastai's Normalize.from_stats, on the device after augmentation."""
+"""fastai's Normalize: given statistics (``Normalize.from_stats``) or, with ``from_batch``, the
+statistics of the first training batch (what fastai does when no stats are given)."""
 
 from __future__ import annotations
 
@@ -7,23 +8,35 @@ from torch import Tensor, nn
 
 
 class Normalize(nn.Module):
-    """Per-channel (x - mean) / std; the identity when no statistics are given.
+    """Per-channel (x - mean) / std on the device; the identity while no statistics are set.
 
-    The statistics are buffers, so they travel in the checkpoint with the weights."""
+    The statistics and whether they are set are buffers: they travel in the checkpoint."""
 
-    def __init__(self, mean: list[float] | None = None, std: list[float] | None = None) -> None:
+    def __init__(
+        self, mean: list[float] | None = None, std: list[float] | None = None, from_batch: bool = False
+    ) -> None:
         super().__init__()
         if (mean is None) != (std is None):
             raise ValueError("normalize needs both mean and std, or neither")
-        self.enabled = mean is not None
+        self.from_batch = from_batch
         self.register_buffer("mean", torch.tensor(mean or [0.0, 0, 0]).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std or [1.0, 1, 1]).view(1, 3, 1, 1))
+        self.register_buffer("fitted", torch.tensor(mean is not None))
+
+    @torch.no_grad()
+    def fit(self, x: Tensor) -> None:
+        """Per-channel statistics of the batch ``x`` (fastai: std + 1e-7)."""
+        self.mean.copy_(x.float().mean((0, 2, 3), keepdim=True))
+        self.std.copy_(x.float().std((0, 2, 3), keepdim=True) + 1e-7)
+        self.fitted.fill_(True)
 
     def forward(self, x: Tensor) -> Tensor:
-        return (x - self.mean) / self.std if self.enabled else x
+        if self.from_batch and self.training and not self.fitted:
+            self.fit(x)
+        return (x - self.mean) / self.std  # mean 0, std 1 until fitted: no branch on the device
 
     def stats(self) -> dict | None:
-        if not self.enabled:
+        if not self.fitted:
             return None
         return {
             "mean": [round(v, 6) for v in self.mean.flatten().tolist()],

@@ -74,12 +74,37 @@ class CycleSchedule(LRScheduler):
 
 def one_cycle(
     optimizer: Optimizer,
-    phase_steps: list[int],
+    phases: list[tuple[int, int]],
     lr_max: float,
     div: float = 25.0,
     div_final: float = 1e5,
     pct_start: float = 0.25,
     moms: tuple[float, float, float] = (0.95, 0.85, 0.95),
 ) -> CycleSchedule:
-    """fit_one_cycle: one cycle over the steps of every phase together."""
-    return CycleSchedule(optimizer, [Cycle(sum(phase_steps), lr_max, div, div_final, pct_start)], moms)
+    """fit_one_cycle over every phase together; ``phases`` are (steps per epoch, epochs).
+
+    With div=1, pct_start=0.75 and constant moms this is fit_flat_cos."""
+    steps = sum(per_epoch * epochs for per_epoch, epochs in phases)
+    return CycleSchedule(optimizer, [Cycle(steps, lr_max, div, div_final, pct_start)], moms)
+
+
+def fine_tune(
+    optimizer: Optimizer,
+    phases: list[tuple[int, int]],
+    lr_max: float,
+    fine_tune_lr: float = 1e-3,
+    div: float = 25.0,
+    div_final: float = 1e5,
+    pct_start: float = 0.25,
+    moms: tuple[float, float, float] = (0.95, 0.85, 0.95),
+) -> CycleSchedule:
+    """Chapter 7's progressive resizing: fit_one_cycle over the first phase, then fastai's
+    ``fine_tune(epochs - 1, fine_tune_lr)`` for each later phase: one epoch at fine_tune_lr with
+    pct_start 0.99, then the remaining epochs at fine_tune_lr / 2 with div 5 and pct_start 0.3."""
+    (first_steps, first_epochs), *later = phases
+    cycles = [Cycle(first_steps * first_epochs, lr_max, div, div_final, pct_start)]
+    for per_epoch, epochs in later:
+        cycles.append(Cycle(per_epoch, fine_tune_lr, div, div_final, pct_start=0.99))
+        if epochs > 1:
+            cycles.append(Cycle(per_epoch * (epochs - 1), fine_tune_lr / 2, 5.0, div_final, 0.3))
+    return CycleSchedule(optimizer, cycles, moms)

@@ -14,10 +14,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
-from .callbacks import History
+from .callbacks import History, ProgressiveResize
 from .data import ImagenetteDataModule
 from .module import ImageClassifier
 from .results import summarize, write_json
+from .tta import TestTimeAugmentation
 
 log = logging.getLogger("lightning_sota")
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -31,30 +32,31 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     data: ImagenetteDataModule = instantiate(cfg.data)
     data.setup("fit")  # acquire and build the presize caches now: reported apart from the fit
 
-    model = instantiate(cfg.model, num_classes=len(data.classes))
     module = ImageClassifier(
-        model=model,
+        model=instantiate(cfg.model, num_classes=len(data.classes)),
         augment=instantiate(cfg.augment),
         normalize=instantiate(cfg.normalize),
+        mix=instantiate(cfg.mix) if cfg.mix else None,
         loss=instantiate(cfg.loss),
         optimizer=instantiate(cfg.optim),
         schedule=instantiate(cfg.schedule),
         num_classes=len(data.classes),
         channels_last=cfg.model.channels_last,
     )
-
     history = History()
+    tta: TestTimeAugmentation | None = instantiate(cfg.tta) if cfg.tta else None
     callbacks = [
         history,
+        ProgressiveResize(),
         LearningRateMonitor(logging_interval="step"),
         ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0),
+        *([tta] if tta else []),
     ]
-    loggers = [instantiate(c) for c in cfg.logger.values()]
     trainer: pl.Trainer = instantiate(
         cfg.trainer,
         max_epochs=data.epochs,
         callbacks=callbacks,
-        logger=loggers,
+        logger=[instantiate(c) for c in cfg.logger.values()],
         default_root_dir=str(run_dir),
         reload_dataloaders_every_n_epochs=1,
         num_sanity_val_steps=0,
@@ -63,6 +65,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     start = time.perf_counter()
     trainer.fit(module, datamodule=data)
     train_seconds = time.perf_counter() - start
+    test_seconds = None
+    if tta:
+        start = time.perf_counter()
+        trainer.test(module, datamodule=data, verbose=False)
+        test_seconds = time.perf_counter() - start
 
     results = summarize(
         name=cfg.name,
@@ -72,8 +79,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         history=history.rows,
         train_seconds=train_seconds,
         cache_seconds=data.cache_seconds,
-        test_seconds=None,
-        tta_acc=None,
+        test_seconds=test_seconds,
+        tta_acc=tta.accuracy if tta else None,
         train_images=history.train_images,
         val_seconds=history.val_seconds,
         precision=str(trainer.precision),

@@ -1,0 +1,57 @@
+"""All seven chapter-7 experiments at scale=smoke on the real imagenette-mini."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from .test_train import CONTRACT, run_train
+
+EXPERIMENTS = ["baseline", "normalize", "progressive_resize", "tta", "mixup", "label_smoothing", "sota"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_at_smoke_scale(experiment, tmp_path, mini):
+    res = run_train(tmp_path, f"+experiment={experiment}", "scale=smoke", f"data.root={mini}")
+    assert CONTRACT <= set(res) and res["experiment"] == experiment
+    assert None not in (res["val_acc"], res["best_val_acc"]) and len(res["history"]) == res["epochs"]
+    # The sizes and batch sizes the training batches had, epoch by epoch, are the phases'.
+    planned = [(p["size"], p["batch_size"]) for p in res["phases"] for _ in range(p["epochs"])]
+    assert [(h["size"], h["batch_size"]) for h in res["history"]] == planned
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    steps = sum(500 // p["batch_size"] * p["epochs"] for p in res["phases"])
+    sched = ckpt["lr_schedulers"][0]
+    assert ckpt["global_step"] == steps == sched["last_epoch"] == sum(c["steps"] for c in sched["cycles"])
+
+    if experiment in ("progressive_resize", "tta"):
+        assert res["phases"] == [
+            {"size": 24, "batch_size": 64, "epochs": 1},
+            {"size": 32, "batch_size": 32, "epochs": 2},
+        ]
+        assert [c["steps"] for c in sched["cycles"]] == [500 // 64, 500 // 32, 500 // 32]  # fine_tune
+    if experiment in ("tta", "sota"):
+        assert 0 <= res["tta_acc"] <= 1 and res["test_seconds"] > 0
+    else:
+        assert res["tta_acc"] is None and res["test_seconds"] is None
+    if experiment == "baseline":
+        assert res["normalize"] is None
+    else:
+        assert res["normalize"]["std"] == pytest.approx([0.229, 0.224, 0.225])
+
+
+@pytest.mark.slow
+def test_batch_normalization_stats_and_cutmix(tmp_path, mini):
+    res = run_train(
+        tmp_path,
+        "+experiment=label_smoothing",
+        "scale=smoke",
+        f"data.root={mini}",
+        "normalize=batch",
+        "mix=cutmix",
+        "scale.epochs=1",
+    )
+    stats = res["normalize"]
+    assert 0.2 < min(stats["mean"]) and max(stats["mean"]) < 0.8 and min(stats["std"]) > 0.1
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["state_dict"]["normalize.mean"].flatten().tolist() == pytest.approx(stats["mean"], abs=1e-5)
