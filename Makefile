@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install train test test-fast lint clean
+.PHONY: install install-bench train test test-fast lint bench ablation clean
 
 install: $(STAMP)
 
@@ -16,6 +16,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+BENCH_STAMP := $(VENV)/.installed-bench
+
+install-bench: $(BENCH_STAMP)
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
 train: install
 	$(PY) train.py $(ARGS)
 
@@ -24,6 +32,27 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -m "not slow" $(ARGS)
+
+# The chapter's table: experiments x seeds as one Hydra multirun, then the report. A rerun skips
+# the jobs that already wrote a complete results.json.
+SCALE ?= quick
+SEEDS ?= 3
+EXPERIMENTS ?= baseline normalize progressive_resize mixup label_smoothing sota
+ABLATION_RUNS := outputs/ablation/runs/$(SCALE)
+comma := ,
+space := $(subst ,, )
+
+ablation: install
+	$(PY) train.py -m +experiment=$(subst $(space),$(comma),$(strip $(EXPERIMENTS))) \
+		seed=$$(seq -s, 0 $$(($(SEEDS) - 1))) scale=$(SCALE) tta=fastai skip_completed=true \
+		hydra.sweep.dir=$(ABLATION_RUNS) 'hydra.sweep.subdir=$${name}/seed$${seed}' $(ARGS)
+	$(PY) -m lightning_sota.ablation $(ABLATION_RUNS) --out outputs/ablation
+
+# Speed and accuracy beside fastai on the same machine (IMAGENETTE_ROOT: the full official split).
+bench: install-bench
+	@test -n "$(IMAGENETTE_ROOT)" || { echo "make bench: set IMAGENETTE_ROOT to a folder with train/ and val/ (README)"; exit 2; }
+	$(PY) benchmarks/throughput.py --root $(IMAGENETTE_ROOT)
+	$(PY) benchmarks/vs_fastai.py --root $(IMAGENETTE_ROOT)
 
 lint: install
 	$(PY) -m ruff check lightning_sota tests benchmarks train.py

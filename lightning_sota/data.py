@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset
 
 from .acquire import DataError, resolve_root
 from .cache import ImageCache, build_cache
@@ -112,6 +112,7 @@ class ImagenetteDataModule(pl.LightningDataModule):
         cache_workers: int | None = None,
         workers: int = 0,
         val_batch_size: int | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.root_arg = root
@@ -120,6 +121,7 @@ class ImagenetteDataModule(pl.LightningDataModule):
         self.presize, self.max_aspect = presize, max_aspect
         self.cache_dir, self.cache_workers, self.workers = cache_dir, cache_workers, workers
         self.val_batch_size = val_batch_size
+        self.seed = seed
         self.epoch = 0
         self.cache_seconds = 0.0
         self._ready = False
@@ -137,14 +139,17 @@ class ImagenetteDataModule(pl.LightningDataModule):
         return sum(p.epochs for p in self.phases)
 
     def steps_per_epoch(self, phase: Phase) -> int:
-        return len(self.train_index) // phase.batch_size  # drop_last, as fastai trains
+        world = self.trainer.world_size if self.trainer is not None else 1
+        return len(self.train_index) // world // phase.batch_size  # drop_last, as fastai trains
 
     def total_train_steps(self) -> int:
         return sum(self.steps_per_epoch(p) * p.epochs for p in self.phases)
 
+    def current_epoch(self) -> int:
+        return self.trainer.current_epoch if self.trainer is not None else self.epoch
+
     def current_phase(self) -> Phase:
-        epoch = self.trainer.current_epoch if self.trainer is not None else self.epoch
-        return self.phase_at(epoch)
+        return self.phase_at(self.current_epoch())
 
     # -- data -------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -189,15 +194,14 @@ class ImagenetteDataModule(pl.LightningDataModule):
         else:
             dataset = CachedImages(self.val_caches[size], self.val_labels, size)
             index = self.val_index
-        base = RandomSampler(index) if train else SequentialSampler(index)
-        batches = _IndexedBatchSampler(index, BatchSampler(base, batch_size, drop_last=train))
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        batches = ShardedBatches(index, batch_size, train, self.seed, self.current_epoch(), rank, world)
         return DataLoader(
             dataset,
             sampler=batches,
-            batch_size=None,
+            batch_size=None,  # the sampler yields whole batches: one gather each, no collate
             num_workers=self.workers,
             pin_memory=torch.cuda.is_available(),
-            persistent_workers=False,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -221,15 +225,28 @@ class ImagenetteDataModule(pl.LightningDataModule):
         }
 
 
-class _IndexedBatchSampler:
-    """Maps positions drawn by ``batches`` to dataset indices (skipping unreadable images)."""
+class ShardedBatches:
+    """Batches of dataset indices for one epoch and one rank.
 
-    def __init__(self, index: np.ndarray, batches: BatchSampler) -> None:
-        self.index, self.batches = index, batches
+    Training: a shuffle seeded by (seed, epoch), the same on every rank, so a resumed run and
+    every DDP rank agree without shared state; each rank takes every world-th image and the
+    last incomplete batch is dropped. Validation: in order, every image exactly once overall.
+    """
+
+    def __init__(
+        self, index: np.ndarray, batch_size: int, train: bool, seed: int, epoch: int, rank: int, world: int
+    ) -> None:
+        if train:
+            order = np.random.default_rng([seed, epoch]).permutation(index)
+            order = order[: len(order) - len(order) % world]  # equal shards: equal step counts
+        else:
+            order = index
+        shard = order[rank::world]
+        stop = len(shard) - len(shard) % batch_size if train else len(shard)
+        self.batches = [shard[i : i + batch_size].tolist() for i in range(0, stop, batch_size)]
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __iter__(self):
-        for batch in self.batches:
-            yield self.index[batch].tolist()
+        return iter(self.batches)

@@ -64,7 +64,14 @@ class ImageClassifier(pl.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         logits, y = self.model(self.prepare(batch, train=False)), batch["label"]
-        self.log("val_loss", self.loss(logits, y).mean(), on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log(
+            "val_loss",
+            self.loss(logits, y).mean(),
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(y),
+            sync_dist=True,
+        )
         self.val_acc(logits, y)
         self.log("val_acc", self.val_acc, on_epoch=True, prog_bar=True, batch_size=len(y))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import warnings
@@ -14,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
+from .ablation import is_complete
 from .callbacks import History, ProgressiveResize
 from .data import ImagenetteDataModule
 from .module import ImageClassifier
@@ -97,6 +99,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    done = run_dir / "results.json"
+    if cfg.skip_completed and is_complete(done):
+        log.info("skipped: %s is complete", done)
+        return json.loads(done.read_text())["val_acc"]
     log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
     return train(cfg, run_dir)["val_acc"]
 

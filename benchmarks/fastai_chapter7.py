@@ -1,0 +1,92 @@
+"""fastai's own chapter-7 recipe on the official split, timed as fastbook runs it.
+
+DataBlock with GrandparentSplitter (train/ val/), item Resize(presize), batch
+aug_transforms(size, min_scale=0.75) + Normalize(ImageNet), xresnet from fastai, Learner with
+CrossEntropyLossFlat and accuracy, fit_one_cycle(epochs, lr), then Learner.tta().
+Prints one JSON line. Needs the `bench` extra (fastai).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+
+import torch
+from fastai.vision.all import (
+    CategoryBlock,
+    CrossEntropyLossFlat,
+    DataBlock,
+    GrandparentSplitter,
+    ImageBlock,
+    Learner,
+    Normalize,
+    Resize,
+    accuracy,
+    aug_transforms,
+    get_image_files,
+    imagenet_stats,
+    parent_label,
+    set_seed,
+)
+from fastai.vision.models.xresnet import xresnet18, xresnet34, xresnet50
+
+ARCHS = {"xresnet18": xresnet18, "xresnet34": xresnet34, "xresnet50": xresnet50}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--arch", default="xresnet18", choices=sorted(ARCHS))
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--presize", type=int, default=None, help="default: size x 460/224")
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--bs", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=True)
+    args = parser.parse_args()
+
+    set_seed(args.seed, reproducible=False)
+    presize = args.presize or round(args.size * 460 / 224)
+    block = DataBlock(
+        blocks=(ImageBlock(), CategoryBlock()),
+        get_items=get_image_files,
+        get_y=parent_label,
+        splitter=GrandparentSplitter(train_name="train", valid_name="val"),
+        item_tfms=Resize(presize),
+        batch_tfms=[*aug_transforms(size=args.size, min_scale=0.75), Normalize.from_stats(*imagenet_stats)],
+    )
+    dls = block.dataloaders(args.root, bs=args.bs)
+    learn = Learner(dls, ARCHS[args.arch](n_out=dls.c), loss_func=CrossEntropyLossFlat(), metrics=accuracy)
+    with learn.no_bar():
+        start = time.perf_counter()
+        learn.fit_one_cycle(args.epochs, args.lr)
+        fit_seconds = time.perf_counter() - start
+        history = [float(v[2]) for v in learn.recorder.values]  # (train_loss, valid_loss, accuracy)
+        tta_acc, tta_seconds = None, None
+        if args.tta:
+            start = time.perf_counter()
+            preds, targs = learn.tta()
+            tta_seconds = time.perf_counter() - start
+            tta_acc = float(accuracy(preds, targs))
+    print(
+        json.dumps(
+            {
+                "fit_seconds": round(fit_seconds, 1),
+                "val_acc": round(history[-1], 5),
+                "history": [round(v, 5) for v in history],
+                "tta_acc": None if tta_acc is None else round(tta_acc, 5),
+                "tta_seconds": None if tta_seconds is None else round(tta_seconds, 1),
+                "train": len(dls.train_ds),
+                "val": len(dls.valid_ds),
+                "threads": torch.get_num_threads(),
+                "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
