@@ -51,8 +51,8 @@ ablation: install
 # Speed and accuracy beside fastai on the same machine (IMAGENETTE_ROOT: the full official split).
 bench: install-bench
 	@test -n "$(IMAGENETTE_ROOT)" || { echo "make bench: set IMAGENETTE_ROOT to a folder with train/ and val/ (README)"; exit 2; }
-	$(PY) benchmarks/throughput.py --root $(IMAGENETTE_ROOT)
 	$(PY) benchmarks/vs_fastai.py --root $(IMAGENETTE_ROOT)
+	$(PY) benchmarks/throughput.py --root $(IMAGENETTE_ROOT)
 
 lint: install
 	$(PY) -m ruff check lightning_sota tests benchmarks train.py

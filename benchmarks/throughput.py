@@ -10,6 +10,7 @@ optimizer step of the model on such a batch. Figures only: nothing is asserted.
 from __future__ import annotations
 
 import argparse
+import os
 import contextlib
 import time
 
@@ -74,7 +75,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--loader-batches", type=int, default=30)
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 3 on CPU, 30 on GPU)")
-    parser.add_argument("--cache-dir", default="outputs/cache")
+    parser.add_argument("--cache-dir", default=os.environ.get("LIGHTNING_SOTA_CACHE", "outputs/cache"))
     args = parser.parse_args()
     device = torch.device(args.device)
     steps = args.steps or (30 if device.type == "cuda" else 3)

@@ -19,6 +19,7 @@ class History(pl.Callback):
         self.val_seconds = 0.0
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._epoch_start = time.perf_counter()
         self._sizes: set[int] = set()
         self._batch_sizes: set[int] = set()
 
@@ -50,6 +51,7 @@ class History(pl.Callback):
                 "train_loss": value("train_loss"),
                 "val_loss": value("val_loss"),
                 "val_acc": value("val_acc"),
+                "seconds": round(time.perf_counter() - self._epoch_start, 2),  # training and validation
             }
         )
 

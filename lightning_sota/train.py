@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -16,7 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
 from .ablation import is_complete
+from .acquire import DataError
 from .callbacks import History, ProgressiveResize
+from .checks import ConfigError, check_config
 from .data import ImagenetteDataModule
 from .module import ImageClassifier
 from .results import summarize, write_json
@@ -98,6 +101,15 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
+    try:
+        return run(cfg)
+    except (ConfigError, DataError) as err:  # the user's to fix: one line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run(cfg: DictConfig) -> float | None:
+    check_config(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     done = run_dir / "results.json"
     if cfg.skip_completed and is_complete(done):

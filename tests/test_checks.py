@@ -1,0 +1,81 @@
+"""Invalid settings and data are refused with one line that names the fix, before any work."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from lightning_sota.checks import ConfigError, check_config
+from lightning_sota.train import CONFIG_DIR
+
+from .conftest import ROOT
+
+
+def config(*overrides: str):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["scale.size=0"], r"resize.phases\[0\].size=0: must be a positive integer"),
+        (["scale.batch_size=-4"], r"batch_size=-4: must be a positive integer"),
+        (
+            ["+experiment=progressive_resize", "scale=quick", "scale.progressive.0.size=96"],
+            "sizes .* decrease",
+        ),
+        (["+experiment=mixup", "mix.alpha=0"], r"mix.alpha=0.*must be > 0"),
+        (["loss=label_smoothing", "loss.label_smoothing=1.0"], r"label_smoothing=1.0: must be in \[0, 1\)"),
+        (["optim.lr=0"], r"optim.lr=0.*> 0"),
+    ],
+)
+def test_invalid_values_are_rejected(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        check_config(config(*overrides))
+
+
+@pytest.mark.parametrize(
+    "experiment", ["baseline", "normalize", "progressive_resize", "tta", "mixup", "label_smoothing", "sota"]
+)
+@pytest.mark.parametrize("scale", ["smoke", "quick", "chapter", "leaderboard"])
+def test_every_experiment_composes_with_every_scale(experiment, scale):
+    cfg = config(f"+experiment={experiment}", f"scale={scale}")
+    check_config(cfg)
+    assert cfg.name == experiment and cfg.scale.name == scale
+
+
+def run_cli(tmp_path, *overrides: str) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable,
+        "train.py",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        *overrides,
+    ]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_cli_bad_value_is_one_line_before_any_data(tmp_path):
+    proc = run_cli(tmp_path, "scale=smoke", "scale.size=-1", f"data.root={tmp_path / 'nowhere'}")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: resize.phases[0].size=-1: must be a positive integer"
+    )
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "nowhere").exists()
+
+
+def test_cli_missing_data_names_the_fix(tmp_path):
+    proc = run_cli(tmp_path, "scale=smoke", f"data.root={tmp_path / 'nowhere'}", "data.download=false")
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: no train/ and val/ folders in") and "IMAGENETTE_ROOT" in last
+
+
+def test_cli_unknown_experiment_lists_the_options(tmp_path):
+    proc = run_cli(tmp_path, "+experiment=nope")
+    assert proc.returncode != 0
+    assert "Available options in 'experiment'" in proc.stderr and "progressive_resize" in proc.stderr
