@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -22,12 +21,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def peak_rss_mib(before: int) -> int | None:
-    """Peak RSS of the largest child so far (ru_maxrss of children is a max, not a sum)."""
-    now = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return round(now / 1024) if now > before else None
 
 
 def run_fastai(args) -> dict:
@@ -74,12 +67,10 @@ def run_ours(args, extra: list[str]) -> dict:
         f"hydra.run.dir={run_dir}",
         *extra,
     ]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     res = json.loads((run_dir / "results.json").read_text())
     res["process_seconds"] = round(time.perf_counter() - start, 1)
-    res["peak_rss_mib"] = peak_rss_mib(before)
     res["run_dir"] = str(run_dir)
     return res
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ def summarize(
         "cache_seconds": round(cache_seconds, 2),
         "test_seconds": None if test_seconds is None else round(test_seconds, 2),
         "train_images_per_second": round(train_images / step_seconds, 1),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "precision": precision,
         "device": device,
         "normalize": normalize,

@@ -1,0 +1,47 @@
+"""Sweeps through Hydra: an Optuna search, the ablation multirun with its report, the SLURM plan."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from .conftest import ROOT
+
+
+def run(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.slow
+def test_optuna_search_three_trials(tmp_path, mini):
+    sweep = tmp_path / "sweep"
+    run(
+        "train.py",
+        "-m",
+        "hparams_search=optuna",
+        "scale=smoke",
+        "scale.epochs=1",
+        f"data.root={mini}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "hydra.sweeper.n_trials=3",
+        f"hydra.sweep.dir={sweep}",
+    )
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert set(best["best_params"]) == {"optim.lr", "optim.weight_decay", "mix.alpha", "loss.label_smoothing"}
+    assert 0 <= best["best_value"] <= 1
+    trials = sorted(p.parent.name for p in sweep.glob("*/results.json"))
+    assert trials == ["0", "1", "2"]
+
+
+def test_slurm_launcher_composes_its_plan():
+    proc = run(
+        "train.py", "hydra/launcher=slurm", "+experiment=sota", "scale=chapter", "--cfg", "hydra", timeout=120
+    )
+    launcher = yaml.safe_load(proc.stdout)["hydra"]["launcher"]
+    assert launcher["_target_"].endswith("SlurmLauncher")
+    assert launcher["gpus_per_node"] == 1 and launcher["timeout_min"] == 240
