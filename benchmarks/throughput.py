@@ -10,8 +10,8 @@ optimizer step of the model on such a batch. Figures only: nothing is asserted.
 from __future__ import annotations
 
 import argparse
-import os
 import contextlib
+import os
 import time
 
 import torch

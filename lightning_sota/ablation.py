@@ -22,7 +22,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+# The chapter's order; other experiments follow alphabetically.
+CHAPTER_ORDER = ["baseline", "normalize", "progressive_resize", "tta", "mixup", "label_smoothing", "sota"]
 REQUIRED = ("experiment", "seed", "val_acc", "epochs", "train_seconds", "history")
 
 
@@ -82,7 +85,9 @@ def summarize(runs: list[dict]) -> dict[str, dict]:
     for run in runs:
         groups[run["experiment"]].append(run)
     table = {}
-    for name, rows in groups.items():
+    rank = {name: i for i, name in enumerate(CHAPTER_ORDER)}
+    for name in sorted(groups, key=lambda n: (rank.get(n, len(rank)), n)):
+        rows = groups[name]
         table[name] = {
             "val": Stat.of([r["val_acc"] for r in rows]),
             "tta": Stat.of([r["tta_acc"] for r in rows if r.get("tta_acc") is not None]),
@@ -142,7 +147,7 @@ def markdown(table: dict[str, dict]) -> str:
 def plot_accuracy(table: dict[str, dict], path: Path) -> None:
     names = list(table)
     xs = range(len(names))
-    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(names)), 4.5))
+    fig, ax = plt.subplots(figsize=(max(7, 1.5 * len(names)), 4.5))
     width = 0.38
     for offset, key, label in ((-width / 2, "val", "val_acc"), (width / 2, "tta", "tta_acc (TTA)")):
         means = [100 * table[n][key].mean if table[n][key] else float("nan") for n in names]
@@ -155,7 +160,7 @@ def plot_accuracy(table: dict[str, dict], path: Path) -> None:
     low = min(finite) - 5 if finite else 0
     ax.set_ylim(max(0, low), min(100, max(finite) + 3) if finite else 100)
     ax.set_title("Accuracy per experiment (mean ± std over seeds; y axis does not start at 0)")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -167,11 +172,12 @@ def plot_curves(table: dict[str, dict], path: Path) -> None:
     for name, row in table.items():
         curve = row["curve"]
         ax.plot(range(1, len(curve) + 1), [100 * v for v in curve], marker="o", label=name)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("val_acc (%), mean over seeds")
     ax.set_title("Validation accuracy per epoch")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
