@@ -8,6 +8,7 @@ folder that is renamed into place only when extraction finished.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import shutil
 import tarfile
@@ -102,7 +103,7 @@ def download_file(url: str, dest: Path, md5: str | None = None, timeout: float =
     except DataError:
         part.unlink(missing_ok=True)
         raise
-    except (OSError, ValueError) as err:  # URLError and HTTPError are OSErrors
+    except (OSError, ValueError, http.client.HTTPException) as err:  # URLError, HTTPError: OSErrors
         part.unlink(missing_ok=True)
         raise DataError(
             f"could not download {url}: {err}; check the network (or data.base_url) and run again"

@@ -17,6 +17,24 @@ class History(pl.Callback):
         self.rows: list[dict] = []
         self.train_images = 0
         self.val_seconds = 0.0
+        self.seconds_before = 0.0  # fit time spent before a resume, restored from the checkpoint
+        self._fit_start = time.perf_counter()
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._fit_start = time.perf_counter()
+
+    def state_dict(self) -> dict:
+        fit_seconds = self.seconds_before + time.perf_counter() - self._fit_start
+        return {
+            "rows": self.rows,
+            "train_images": self.train_images,
+            "val_seconds": self.val_seconds,
+            "fit_seconds": fit_seconds,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rows, self.train_images = state["rows"], state["train_images"]
+        self.val_seconds, self.seconds_before = state["val_seconds"], state["fit_seconds"]
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._epoch_start = time.perf_counter()

@@ -145,6 +145,9 @@ class ImagenetteDataModule(pl.LightningDataModule):
     def total_train_steps(self) -> int:
         return sum(self.steps_per_epoch(p) * p.epochs for p in self.phases)
 
+    def presize_for(self, size: int) -> int:
+        return self.presize or round(size * PRESIZE_RATIO)
+
     def current_epoch(self) -> int:
         return self.trainer.current_epoch if self.trainer is not None else self.epoch
 
@@ -164,7 +167,7 @@ class ImagenetteDataModule(pl.LightningDataModule):
         start = time.perf_counter()
         train_caches, val_caches = {}, {}
         for size in sorted({p.size for p in self.phases}):
-            presize = self.presize or round(size * PRESIZE_RATIO)
+            presize = self.presize_for(size)
             train_caches[size] = build_cache(
                 train_files, presize, self.cache_dir, self.max_aspect, self.cache_workers
             )

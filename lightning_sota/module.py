@@ -13,6 +13,10 @@ from .augment import BatchAugment
 from .normalize import Normalize
 
 
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
 class ImageClassifier(pl.LightningModule):
     """Trains ``model`` on uint8 cache batches (see data.py) with fastai's recipe.
 
@@ -32,8 +36,12 @@ class ImageClassifier(pl.LightningModule):
         num_classes: int,
         mix: Callable | None = None,
         channels_last: bool = True,
+        classes: list[str] | None = None,
+        config: dict | None = None,
     ) -> None:
         super().__init__()
+        self.classes = classes or [str(i) for i in range(num_classes)]
+        self.config = config or {}  # the resolved run config: saved in checkpoints for resume/predict
         self.model, self.augment, self.normalize, self.loss = model, augment, normalize, loss
         self.optimizer_factory, self.schedule_factory, self.mix = optimizer, schedule, mix
         self.channels_last = channels_last
@@ -59,7 +67,14 @@ class ImageClassifier(pl.LightningModule):
             x, partner, lam = self.mix(x, y)
             logits = self.model(x)
             loss = torch.lerp(self.loss(logits, partner), self.loss(logits, y), lam).mean()
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x))
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step}: training "
+                "stopped (the last good checkpoint is kept); lower optim.lr or try trainer.precision=32"
+            )
+        self.log(
+            "train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x), sync_dist=True
+        )
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -81,6 +96,30 @@ class ImageClassifier(pl.LightningModule):
         self.test_acc(probs, batch["label"])
         self.log("test_acc", self.test_acc, on_epoch=True, batch_size=len(probs))
         return probs
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """What a user of the weights needs, and the RNG for an exact resume; plain types and
+        tensors only, so the file loads with ``torch.load(..., weights_only=True)``."""
+        data = self.trainer.datamodule
+        checkpoint["lightning_sota"] = {
+            "classes": list(self.classes),
+            "size": data.phases[-1].size,
+            "presize": data.presize_for(data.phases[-1].size),
+            "max_aspect": data.max_aspect,
+            "normalize": self.normalize.stats(),
+            "model": self.config.get("model", {}),
+            "config": self.config,
+        }
+        checkpoint["rng"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        rng = checkpoint.get("rng", {})
+        if "torch" in rng:
+            torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
 
     def configure_optimizers(self) -> dict:
         optimizer = self.optimizer_factory(self.model)

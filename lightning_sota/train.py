@@ -11,6 +11,7 @@ from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -21,7 +22,7 @@ from .acquire import DataError
 from .callbacks import History, ProgressiveResize
 from .checks import ConfigError, check_config
 from .data import ImagenetteDataModule
-from .module import ImageClassifier
+from .module import ImageClassifier, NonFiniteLossError
 from .results import summarize, write_json
 from .tta import TestTimeAugmentation
 
@@ -32,7 +33,7 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict:
+def train(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict:
     pl.seed_everything(cfg.seed, workers=True)
     data: ImagenetteDataModule = instantiate(cfg.data)
     data.setup("fit")  # acquire and build the presize caches now: reported apart from the fit
@@ -47,6 +48,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         schedule=instantiate(cfg.schedule),
         num_classes=len(data.classes),
         channels_last=cfg.model.channels_last,
+        classes=data.classes,
+        config=OmegaConf.to_container(cfg, resolve=True),
     )
     history = History()
     tta: TestTimeAugmentation | None = instantiate(cfg.tta) if cfg.tta else None
@@ -54,7 +57,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         history,
         ProgressiveResize(),
         LearningRateMonitor(logging_interval="step"),
-        ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0),
+        # One file, checkpoints/last.ckpt, replaced (atomically, by Lightning) at every epoch end.
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False),
         *([tta] if tta else []),
     ]
     trainer: pl.Trainer = instantiate(
@@ -68,8 +72,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     )
 
     start = time.perf_counter()
-    trainer.fit(module, datamodule=data)
-    train_seconds = time.perf_counter() - start
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    train_seconds = history.seconds_before + time.perf_counter() - start
     test_seconds = None
     if tta:
         start = time.perf_counter()
@@ -103,20 +107,31 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
 def main(cfg: DictConfig) -> float | None:
     try:
         return run(cfg)
-    except (ConfigError, DataError) as err:  # the user's to fix: one line, no traceback
+    except (ConfigError, DataError, NonFiniteLossError) as err:  # the user's to fix: one line
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
 
 
 def run(cfg: DictConfig) -> float | None:
-    check_config(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    ckpt_path = None
+    if cfg.resume:  # the interrupted run's own config, from its checkpoint, in its own folder
+        ckpt_path = Path(cfg.resume) / "checkpoints" / "last.ckpt"
+        if not ckpt_path.is_file():
+            raise ConfigError(
+                f"resume={cfg.resume}: no checkpoints/last.ckpt there, nothing to resume; "
+                "start a new run without resume="
+            )
+        saved = torch.load(ckpt_path, map_location="cpu", weights_only=True)["lightning_sota"]["config"]
+        cfg = OmegaConf.create(saved)
+        OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")  # Hydra rewrote it with resume=
+    check_config(cfg)
     done = run_dir / "results.json"
     if cfg.skip_completed and is_complete(done):
         log.info("skipped: %s is complete", done)
         return json.loads(done.read_text())["val_acc"]
     log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
-    return train(cfg, run_dir)["val_acc"]
+    return train(cfg, run_dir, ckpt_path)["val_acc"]
 
 
 if __name__ == "__main__":

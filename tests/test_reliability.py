@@ -1,0 +1,275 @@
+"""Killed runs resume exactly, checkpoints are self-describing, bad input is named, DDP works."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lightning_sota import acquire
+from lightning_sota.acquire import DataError, resolve_root
+from lightning_sota.data import ImagenetteDataModule, ShardedBatches
+
+from .conftest import ROOT, make_folder, write_image
+from .test_acquire import make_tgz
+
+PROGRESSIVE = ["+experiment=progressive_resize", "scale=smoke", "scale.progressive.1.epochs=4"]
+
+
+def train_cmd(run_dir: Path, cache: Path, *overrides: str) -> list[str]:
+    return [sys.executable, "train.py", f"hydra.run.dir={run_dir}", f"data.cache_dir={cache}", *overrides]
+
+
+@pytest.fixture(scope="module")
+def reference(
+    tmp_path_factory,
+) -> Path:
+    """An uninterrupted smoke run of progressive resizing: 1 epoch at 24 px, 4 at 32 px."""
+    from .conftest import MINI
+
+    tmp = tmp_path_factory.mktemp("reference")
+    cmd = train_cmd(tmp / "run", tmp / "cache", *PROGRESSIVE, f"data.root={MINI}")
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp / "run"
+
+
+@pytest.mark.slow
+def test_sigkill_in_second_phase_then_resume_matches(reference, tmp_path, mini):
+    run = tmp_path / "run"
+    cmd = train_cmd(run, tmp_path / "cache", *PROGRESSIVE, f"data.root={mini}")
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = run / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        # The checkpoint of epoch 1 (the first at 32 px) exists: we are in the second phase.
+        if ckpt.exists() and torch.load(ckpt, map_location="cpu", weights_only=True)["epoch"] >= 1:
+            break
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    killed_at = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert 1 <= killed_at["epoch"] < 4 and not (run / "results.json").exists()
+
+    resumed = subprocess.run(
+        [sys.executable, "train.py", f"resume={run}"], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    got = json.loads((run / "results.json").read_text())
+    want = json.loads((reference / "results.json").read_text())
+    assert got["phases"] == want["phases"] and got["epochs"] == 5
+    assert [(h["epoch"], h["size"], h["batch_size"]) for h in got["history"]] == [
+        (h["epoch"], h["size"], h["batch_size"]) for h in want["history"]
+    ]
+    final = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    ref = torch.load(reference / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert final["global_step"] == ref["global_step"] == 500 // 64 + 4 * (500 // 32)
+    assert final["lr_schedulers"][0]["last_epoch"] == ref["lr_schedulers"][0]["last_epoch"]
+    assert got["train_seconds"] > 0 and got["val_acc"] is not None
+
+
+@pytest.mark.slow
+def test_checkpoint_is_self_describing_and_predict_cli(reference, tmp_path, mini):
+    ckpt = torch.load(reference / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    meta = ckpt["lightning_sota"]
+    assert meta["classes"][0] == "tench" and len(meta["classes"]) == 10
+    assert meta["size"] == 32 and meta["normalize"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    assert meta["model"]["arch"] == "xresnet18" and meta["config"]["name"] == "progressive_resize"
+
+    images = tmp_path / "images"
+    (images / "sub").mkdir(parents=True)
+    for name in ("a.JPEG", "sub/b.JPEG"):
+        src = next((mini / "val" / "n03888257").glob("*.JPEG"))
+        (images / name).write_bytes(src.read_bytes())
+    (images / "broken.jpg").write_bytes(b"not a jpeg")
+    (images / "notes.txt").write_text("ignored")
+    for extra in ([], ["--tta"]):
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "lightning_sota.predict",
+                str(reference / "checkpoints" / "last.ckpt"),
+                str(images),
+                *extra,
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 1  # one file was unreadable
+        lines = [json.loads(line) for line in proc.stdout.splitlines()]
+        assert [Path(x["path"]).name for x in lines] == ["a.JPEG", "b.JPEG"]
+        for x in lines:
+            assert x["class"] == x["top5"][0][0] and len(x["top5"]) == 5
+            assert 0 < x["probability"] <= 1 and x["probability"] >= x["top5"][1][1]
+        assert "skipped" in proc.stderr and "broken.jpg" in proc.stderr
+
+
+@pytest.mark.slow
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, mini):
+    run = tmp_path / "run"
+    # The small phase trains normally and is checkpointed; fine-tuning at an absurd lr diverges.
+    cmd = train_cmd(
+        run,
+        tmp_path / "cache",
+        *PROGRESSIVE,
+        f"data.root={mini}",
+        "schedule.fine_tune_lr=1e9",
+        "trainer.precision=32",
+    )
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: loss is ") and " at epoch 1, step " in last and "lower optim.lr" in last
+    good = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert good["epoch"] == 0 and all(torch.isfinite(v).all() for v in good["state_dict"].values())
+    assert not (run / "results.json").exists()
+
+
+def test_odd_images_converted_corrupt_ones_skipped_and_named(tmp_path, caplog):
+    root = make_folder(tmp_path / "d", train=4, val=2)
+    odd = root / "train" / "cats"
+    Image.new("CMYK", (40, 30), (0, 100, 200, 0)).save(odd / "cmyk.jpg")
+    Image.new("RGBA", (40, 30), (10, 200, 10, 128)).save(odd / "rgba.png")
+    Image.new("L", (30, 40), 77).save(odd / "grey.jpg")
+    Image.new("P", (30, 30)).save(odd / "palette.gif")
+    good = (odd / "0.jpg").read_bytes()
+    (odd / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    (odd / "empty.jpg").write_bytes(b"")
+    (odd / "readme.md").write_text("not an image")
+    dm = ImagenetteDataModule(
+        str(root),
+        [{"size": 16, "batch_size": 4, "epochs": 1}],
+        download=False,
+        cache_dir=str(tmp_path / "cache"),
+        cache_workers=2,
+    )
+    with caplog.at_level("WARNING"):
+        dm.setup("fit")
+    skipped = sorted(Path(p).name for p in dm.summary()["skipped"])
+    assert skipped == ["empty.jpg", "truncated.jpg"]
+    assert "skipped 2 unreadable images" in caplog.text and "truncated.jpg" in caplog.text
+    assert len(dm.train_index) == 3 * 4 + 4  # 4 odd-but-valid images kept
+    cache = dm.train_caches[16]
+    assert cache.images.shape[-1] == 3 and cache.ok.sum() == len(dm.train_index)
+
+
+def test_sharded_batches_cover_each_epoch_once_per_rank():
+    index = np.arange(103)
+    shards = [ShardedBatches(index, 8, True, seed=0, epoch=3, rank=r, world=2) for r in range(2)]
+    seen = [sum(s.batches, []) for s in shards]
+    assert not set(seen[0]) & set(seen[1])  # different samples on each rank
+    assert len(shards[0]) == len(shards[1]) == 51 // 8  # equal step counts
+    again = ShardedBatches(index, 8, True, seed=0, epoch=3, rank=0, world=2)
+    assert again.batches == shards[0].batches  # a resumed epoch draws the same order
+    assert ShardedBatches(index, 8, True, seed=0, epoch=4, rank=0, world=2).batches != shards[0].batches
+    val = [sum(ShardedBatches(index, 8, False, 0, 0, r, 2).batches, []) for r in range(2)]
+    assert sorted(val[0] + val[1]) == list(range(103))  # every validation image exactly once
+
+
+class CutOff(http.server.SimpleHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802
+        self.send_response(200)
+        self.send_header("Content-Length", "100000")
+        self.end_headers()
+        self.wfile.write(b"x" * 1000)  # then the connection closes
+
+
+def serve(handler) -> tuple[http.server.ThreadingHTTPServer, str]:
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd, f"http://127.0.0.1:{httpd.server_address[1]}"
+
+
+def test_cut_off_download_is_removed_and_a_retry_works(tmp_path, monkeypatch):
+    www = tmp_path / "www"
+    www.mkdir()
+    md5 = make_tgz(
+        www / "imagenette2-160.tgz", make_folder(tmp_path / "src", train=1, val=1), "imagenette2-160"
+    )
+    monkeypatch.setitem(acquire.ARCHIVES, "160px", ("imagenette2-160.tgz", md5))
+    data = tmp_path / "data"
+    bad, url = serve(CutOff)
+    with pytest.raises(DataError, match="could not download|cut off"):
+        resolve_root(data, "160px", download=True, base_url=url)
+    bad.shutdown()
+    assert list(data.iterdir()) == []
+    good, url = serve(functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www)))
+    assert (resolve_root(data, "160px", download=True, base_url=url) / "train").is_dir()
+    good.shutdown()
+
+
+BUILD = """
+import sys, time
+from pathlib import Path
+from lightning_sota import cache
+real = cache.load_image
+def slow(*a, **k):
+    time.sleep(0.02)
+    return real(*a, **k)
+cache.load_image = slow
+c = cache.build_cache(sorted(Path(sys.argv[1]).glob('*.jpg')), 32, sys.argv[2], workers=0)
+print(c.path, int(c.built))
+"""
+
+
+def test_two_runs_building_the_same_cache_at_once(tmp_path):
+    src = tmp_path / "src"
+    for i in range(40):
+        write_image(src / f"{i:03d}.jpg", (64, 48), (i * 5, 90, 90))
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", BUILD, str(src), str(tmp_path / "cache")],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=120)[0].split() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert outs[0][0] == outs[1][0]  # both use the one cache
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [Path(outs[0][0]).name]
+
+
+@pytest.mark.slow
+def test_ddp_cpu_two_processes(tmp_path, mini):
+    run = tmp_path / "run"
+    cmd = train_cmd(
+        run,
+        tmp_path / "cache",
+        "+experiment=normalize",
+        "scale=smoke",
+        f"data.root={mini}",
+        "trainer=ddp_cpu",
+        "tta=fastai",
+    )
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((run / "results.json").read_text())
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 2 * (500 // 2 // 32)  # each rank trained on half of every epoch
+    assert res["dataset"]["val"] == 200 and res["tta_acc"] is not None
+    # One run folder: rank 1 only adds its own log there (Lightning's Hydra launcher).
+    assert sorted(p.name for p in run.iterdir() if not p.name.startswith(".")) == [
+        "checkpoints",
+        "metrics.csv",
+        "results.json",
+        "train.log",
+        "train_ddp_process_1.log",
+    ]
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["last.ckpt"]
