@@ -115,12 +115,21 @@ def download_file(url: str, dest: Path, md5: str | None = None, timeout: float =
 def extract_archive(archive: Path, target: Path) -> Path:
     """Extract a tar archive whose single top-level folder becomes ``target``.
 
-    tarfile's ``data`` filter refuses absolute paths, ``..`` and links leaving the archive;
+    Members with absolute paths or ``..`` are refused outright, and tarfile's ``data`` filter
+    also refuses links leaving the archive, device files and the like;
     extraction happens in a sibling temporary folder renamed into place when complete."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:
         with tarfile.open(archive) as tar:
+            unsafe = [
+                m.name for m in tar.getmembers() if Path(m.name).is_absolute() or ".." in Path(m.name).parts
+            ]
+            if unsafe:
+                raise DataError(
+                    f"refused {archive}: member {unsafe[0]!r} would land outside the data folder; "
+                    "delete the archive and get it from a trusted source"
+                )
             tar.extractall(tmp, filter="data")
         entries = [p for p in tmp.iterdir()]
         top = entries[0] if len(entries) == 1 and entries[0].is_dir() else tmp

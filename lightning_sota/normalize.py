@@ -4,6 +4,7 @@ statistics of the first training batch (what fastai does when no stats are given
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 
@@ -25,9 +26,14 @@ class Normalize(nn.Module):
 
     @torch.no_grad()
     def fit(self, x: Tensor) -> None:
-        """Per-channel statistics of the batch ``x`` (fastai: std + 1e-7)."""
-        self.mean.copy_(x.float().mean((0, 2, 3), keepdim=True))
-        self.std.copy_(x.float().std((0, 2, 3), keepdim=True) + 1e-7)
+        """Per-channel statistics of the batch ``x`` (fastai: std + 1e-7); under DDP the ranks'
+        statistics are averaged so every replica normalizes alike."""
+        stats = torch.stack([x.float().mean((0, 2, 3)), x.float().std((0, 2, 3)) + 1e-7])
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(stats)
+            stats /= dist.get_world_size()
+        self.mean.copy_(stats[0].view(1, 3, 1, 1))
+        self.std.copy_(stats[1].view(1, 3, 1, 1))
         self.fitted.fill_(True)
 
     def forward(self, x: Tensor) -> Tensor:

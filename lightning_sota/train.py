@@ -16,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.plugins.io import AsyncCheckpointIO
 
 from .ablation import is_complete
 from .acquire import DataError
@@ -69,6 +70,8 @@ def train(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict
         default_root_dir=str(run_dir),
         reload_dataloaders_every_n_epochs=1,
         num_sanity_val_steps=0,
+        # Checkpoints are snapshotted, then written by a thread: the loop never waits on the disk.
+        plugins=[AsyncCheckpointIO()],
     )
 
     start = time.perf_counter()

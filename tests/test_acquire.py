@@ -72,15 +72,17 @@ def test_unreachable_server_leaves_nothing(tmp_path, server, monkeypatch):
     assert list(data.iterdir()) == []
 
 
-def test_archive_escaping_its_folder_is_refused(tmp_path):
+@pytest.mark.parametrize("name", ["../evil.txt", "/tmp/lightning-sota-evil.txt"])
+def test_archive_escaping_its_folder_is_refused(tmp_path, name):
     bad = tmp_path / "bad.tgz"
     with tarfile.open(bad, "w:gz") as tar:
-        info = tarfile.TarInfo("../evil.txt")
+        info = tarfile.TarInfo(name)
         info.size = 4
         tar.addfile(info, io.BytesIO(b"evil"))
-    with pytest.raises(DataError, match="could not extract"):
+    with pytest.raises(DataError, match="refused .* would land outside the data folder"):
         acquire.extract_archive(bad, tmp_path / "out" / "target")
     assert not (tmp_path / "out" / "evil.txt").exists() and not (tmp_path / "evil.txt").exists()
+    assert not Path("/tmp/lightning-sota-evil.txt").exists()
     assert not (tmp_path / "out" / "target").exists()
 
 

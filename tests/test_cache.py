@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -79,7 +80,7 @@ def slow(*a, **k):
     return real(*a, **k)
 cache.load_image = slow
 files = sorted(Path(sys.argv[1]).glob('*.jpg'))
-cache.build_cache(files, 32, sys.argv[2], workers=0)
+print(cache.build_cache(files, 32, sys.argv[2], workers=0).path)
 """
 
 
@@ -100,6 +101,24 @@ def test_killed_build_is_never_trusted(tmp_path):
     assert c.built and c.ok.all()
     assert not list(cache_dir.glob("*.tmp-*"))  # the dead run's leftovers were removed
     assert c.images[-1].mean() > 0  # the last image really decoded
+
+
+def test_two_runs_building_the_same_cache_at_once(tmp_path):
+    src = tmp_path / "src"
+    for i in range(40):
+        write_image(src / f"{i:03d}.jpg", (64, 48), (i * 5, 90, 90))
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", BUILD, str(src), str(tmp_path / "cache")],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=120)[0].split() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert outs[0][0] == outs[1][0]  # both use the one cache
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [Path(outs[0][0]).name]
 
 
 @pytest.mark.parametrize("workers", [0, 2])

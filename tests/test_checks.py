@@ -75,7 +75,11 @@ def test_cli_missing_data_names_the_fix(tmp_path):
     assert last.startswith("error: no train/ and val/ folders in") and "IMAGENETTE_ROOT" in last
 
 
-def test_cli_unknown_experiment_lists_the_options(tmp_path):
-    proc = run_cli(tmp_path, "+experiment=nope")
+@pytest.mark.parametrize(
+    ("override", "group", "option"),
+    [("+experiment=nope", "experiment", "progressive_resize"), ("mix=mixupp", "mix", "cutmix")],
+)
+def test_cli_unknown_experiment_or_option_lists_the_options(tmp_path, override, group, option):
+    proc = run_cli(tmp_path, override)
     assert proc.returncode != 0
-    assert "Available options in 'experiment'" in proc.stderr and "progressive_resize" in proc.stderr
+    assert f"Available options in '{group}'" in proc.stderr and option in proc.stderr

@@ -22,7 +22,7 @@ from lightning_sota import acquire
 from lightning_sota.acquire import DataError, resolve_root
 from lightning_sota.data import ImagenetteDataModule, ShardedBatches
 
-from .conftest import ROOT, make_folder, write_image
+from .conftest import ROOT, make_folder
 from .test_acquire import make_tgz
 
 PROGRESSIVE = ["+experiment=progressive_resize", "scale=smoke", "scale.progressive.1.epochs=4"]
@@ -212,38 +212,6 @@ def test_cut_off_download_is_removed_and_a_retry_works(tmp_path, monkeypatch):
     good, url = serve(functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www)))
     assert (resolve_root(data, "160px", download=True, base_url=url) / "train").is_dir()
     good.shutdown()
-
-
-BUILD = """
-import sys, time
-from pathlib import Path
-from lightning_sota import cache
-real = cache.load_image
-def slow(*a, **k):
-    time.sleep(0.02)
-    return real(*a, **k)
-cache.load_image = slow
-c = cache.build_cache(sorted(Path(sys.argv[1]).glob('*.jpg')), 32, sys.argv[2], workers=0)
-print(c.path, int(c.built))
-"""
-
-
-def test_two_runs_building_the_same_cache_at_once(tmp_path):
-    src = tmp_path / "src"
-    for i in range(40):
-        write_image(src / f"{i:03d}.jpg", (64, 48), (i * 5, 90, 90))
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", BUILD, str(src), str(tmp_path / "cache")],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
-    outs = [p.communicate(timeout=120)[0].split() for p in procs]
-    assert all(p.returncode == 0 for p in procs)
-    assert outs[0][0] == outs[1][0]  # both use the one cache
-    assert [p.name for p in (tmp_path / "cache").iterdir()] == [Path(outs[0][0]).name]
 
 
 @pytest.mark.slow
