@@ -68,16 +68,17 @@ class Stat:
 @dataclass
 class Delta:
     value: float
-    se: float
+    se: float | None  # None with a single run on either side: no error estimate
 
     @property
     def within_noise(self) -> bool:
         """Within 2 standard errors of zero (both runs' errors combined)."""
-        return abs(self.value) <= 2 * self.se
+        return self.se is not None and abs(self.value) <= 2 * self.se
 
     @classmethod
     def between(cls, a: Stat, base: Stat) -> Delta:
-        return cls(a.mean - base.mean, math.hypot(a.se, base.se))
+        se = math.hypot(a.se, base.se) if min(a.n, base.n) > 1 else None
+        return cls(a.mean - base.mean, se)
 
 
 def summarize(runs: list[dict]) -> dict[str, dict]:
@@ -123,6 +124,8 @@ def _pct(stat: Stat | None) -> str:
 def _delta(delta: Delta | None) -> str:
     if delta is None:
         return "-"
+    if delta.se is None:
+        return f"{100 * delta.value:+.2f} (no SE: n=1)"
     mark = " ≈" if delta.within_noise else ""
     return f"{100 * delta.value:+.2f} (SE {100 * delta.se:.2f}){mark}"
 
@@ -140,7 +143,10 @@ def markdown(table: dict[str, dict]) -> str:
             f"{_pct(row['tta'])} | {_delta(row.get('delta_tta'))} | {epochs} | {row['train_seconds']:.0f} |"
         )
     lines.append("")
-    lines.append("mean ± sample std over seeds; Δ in points with its standard error; ≈: within 2 SE of 0.")
+    lines.append(
+        "mean ± sample std over seeds; Δ in points with its standard error; ≈: within 2 SE of 0 "
+        "(indistinguishable from seed noise); with n=1 there is no error estimate."
+    )
     return "\n".join(lines) + "\n"
 
 

@@ -74,6 +74,18 @@ def test_report_files(runs, tmp_path):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / png).stat().st_size > 10_000
 
 
+def test_single_runs_have_no_error_estimate(tmp_path):
+    result(tmp_path / "b", "baseline", 0, 0.70, None)
+    result(tmp_path / "n", "normalize", 0, 0.75, None)
+    table = summarize(collect(tmp_path))
+    assert table["normalize"]["delta_val"].se is None and not table["normalize"]["delta_val"].within_noise
+    write_report(tmp_path, tmp_path / "out")
+    assert (
+        "| normalize | 1 | 75.00 ± 0.00 | +5.00 (no SE: n=1) |"
+        in (tmp_path / "out" / "results.md").read_text()
+    )
+
+
 def test_empty_folder_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="no complete results.json"):
         write_report(tmp_path, tmp_path / "out")
