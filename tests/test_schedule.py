@@ -16,7 +16,7 @@ def make(steps: int = 100, lr: float = 1e-2):
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(2))
     model(torch.randn(1, 3, 5, 5))
     opt = adam(model, lr=lr)
-    return model, opt, one_cycle(opt, [steps // 2, steps - steps // 2], lr_max=lr)
+    return model, opt, one_cycle(opt, [(steps // 2, 1), (steps - steps // 2, 1)], lr_max=lr)
 
 
 def test_fastai_one_cycle_values():
