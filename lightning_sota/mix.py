@@ -7,8 +7,18 @@ composes with either.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
+
+
+def mixed_loss(
+    loss: Callable[[Tensor, Tensor], Tensor], logits: Tensor, y: Tensor, partner: Tensor, lam: Tensor
+) -> Tensor:
+    """fastai's mixed loss: per image λ·loss(own label) + (1-λ)·loss(partner's), averaged.
+    ``loss`` must return one value per image (``reduction='none'``)."""
+    return torch.lerp(loss(logits, partner), loss(logits, y), lam).mean()
 
 
 class MixUp:

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from .augment import BatchAugment
+from .mix import mixed_loss
 from .normalize import Normalize
 
 
@@ -65,8 +66,7 @@ class ImageClassifier(pl.LightningModule):
             loss = self.loss(self.model(x), y).mean()
         else:
             x, partner, lam = self.mix(x, y)
-            logits = self.model(x)
-            loss = torch.lerp(self.loss(logits, partner), self.loss(logits, y), lam).mean()
+            loss = mixed_loss(self.loss, self.model(x), y, partner, lam)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step}: training "

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_sota.mix import CutMix, MixUp
+from lightning_sota.mix import CutMix, MixUp, mixed_loss
 from lightning_sota.normalize import Normalize
 from lightning_sota.schedule import fine_tune, one_cycle
 from lightning_sota.tta import TestTimeAugmentation as TTA
@@ -52,17 +52,16 @@ def test_mixed_loss_is_the_lambda_interpolation():
     torch.manual_seed(0)
     logits, y, y2 = torch.randn(6, 10), torch.randint(10, (6,)), torch.randint(10, (6,))
     lam = torch.tensor([0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
-    loss = nn.CrossEntropyLoss(label_smoothing=0.1, reduction="none")
-    ours = torch.lerp(loss(logits, y2), loss(logits, y), lam).mean()  # module.training_step
-    by_hand = (
-        sum(
-            lam[i] * loss(logits[i : i + 1], y[i : i + 1])
-            + (1 - lam[i]) * loss(logits[i : i + 1], y2[i : i + 1])
-            for i in range(6)
-        )
-        / 6
-    )
-    torch.testing.assert_close(ours, by_hand.squeeze())
+    eps = 0.1
+    ours = mixed_loss(nn.CrossEntropyLoss(label_smoothing=eps, reduction="none"), logits, y, y2, lam)
+    # By hand: the label-smoothed cross-entropy of each image against each label, then λ-weighted.
+    logp = logits.log_softmax(1)
+
+    def smoothed(i: int, label: int) -> float:
+        return float((eps / 10) * -logp[i].sum() + (1 - eps) * -logp[i, label])
+
+    by_hand = sum(lam[i] * smoothed(i, y[i]) + (1 - lam[i]) * smoothed(i, y2[i]) for i in range(6)) / 6
+    assert ours.item() == pytest.approx(float(by_hand), rel=1e-5)
 
 
 def test_cutmix_lambda_is_the_unpasted_area():
