@@ -5,13 +5,15 @@ from __future__ import annotations
 import time
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.utilities import rank_zero_info
 
 
 class History(pl.Callback):
     """One row per epoch with the size and batch size the training batches really had, the
-    losses and the accuracy; and the time spent validating, so results.json can report the
-    images/s of the training steps alone."""
+    images trained and validated (summed over DDP ranks, so a row proves every validation image
+    was scored once), the losses and the accuracy; and the time spent validating, so
+    results.json can report the images/s of the training steps alone."""
 
     def __init__(self) -> None:
         self.rows: list[dict] = []
@@ -40,14 +42,21 @@ class History(pl.Callback):
         self._epoch_start = time.perf_counter()
         self._sizes: set[int] = set()
         self._batch_sizes: set[int] = set()
+        self._images = {"train": 0, "val": 0}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.train_images += len(batch["label"])
+        self._images["train"] += len(batch["label"])
         self._sizes.add(int(batch["size"]))
         self._batch_sizes.add(len(batch["label"]))
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         self._val_start = time.perf_counter()
+
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
+        if not trainer.sanity_checking:
+            self._images["val"] += len(batch["label"])
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         self.val_seconds += time.perf_counter() - self._val_start
@@ -61,11 +70,17 @@ class History(pl.Callback):
         def seen(values: set[int]) -> int | list[int] | None:
             return next(iter(values)) if len(values) == 1 else sorted(values) or None
 
+        # Every rank reaches this hook, so the collective sum cannot deadlock.
+        counts = torch.tensor([self._images["train"], self._images["val"]], device=pl_module.device)
+        train_images, val_images = trainer.strategy.reduce(counts, reduce_op="sum").tolist()
+        self.train_images += int(train_images)
         self.rows.append(
             {
                 "epoch": trainer.current_epoch,
                 "size": seen(self._sizes),
                 "batch_size": seen(self._batch_sizes),
+                "train_images": int(train_images),
+                "val_images": int(val_images),
                 "train_loss": value("train_loss"),
                 "val_loss": value("val_loss"),
                 "val_acc": value("val_acc"),

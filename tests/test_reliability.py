@@ -17,10 +17,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 
 from lightning_sota import acquire
 from lightning_sota.acquire import DataError, resolve_root
-from lightning_sota.data import ImagenetteDataModule, ShardedBatches
+from lightning_sota.data import ImagenetteDataModule, ShardedBatches, scan_split
+from lightning_sota.module import ImageClassifier, NonFiniteLossError
+from lightning_sota.predict import Predictor
 
 from .conftest import ROOT, make_folder
 from .test_acquire import make_tgz
@@ -71,8 +74,9 @@ def test_sigkill_in_second_phase_then_resume_matches(reference, tmp_path, mini):
     got = json.loads((run / "results.json").read_text())
     want = json.loads((reference / "results.json").read_text())
     assert got["phases"] == want["phases"] and got["epochs"] == 5
-    assert [(h["epoch"], h["size"], h["batch_size"]) for h in got["history"]] == [
-        (h["epoch"], h["size"], h["batch_size"]) for h in want["history"]
+    columns = ("epoch", "size", "batch_size", "train_images", "val_images")
+    assert [[h[c] for c in columns] for h in got["history"]] == [
+        [h[c] for c in columns] for h in want["history"]
     ]
     final = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     ref = torch.load(reference / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
@@ -139,6 +143,18 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, mini
     good = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert good["epoch"] == 0 and all(torch.isfinite(v).all() for v in good["state_dict"].values())
     assert not (run / "results.json").exists()
+
+
+def test_non_finite_loss_is_read_one_step_late_but_at_once_on_an_epochs_last_step():
+    module = ImageClassifier(nn.Linear(1, 2), None, None, None, None, None, num_classes=2)
+    module.on_train_epoch_start()
+    module.stop_if_not_finite(torch.tensor(float("nan")), last=False)  # not read: the device may be busy
+    with pytest.raises(NonFiniteLossError, match=r"^loss is nan at epoch 0, step 0: .*lower optim.lr"):
+        module.stop_if_not_finite(torch.tensor(1.0), last=False)
+    module.on_train_epoch_start()
+    module.stop_if_not_finite(torch.tensor(1.0), last=True)
+    with pytest.raises(NonFiniteLossError, match=r"^loss is inf "):
+        module.stop_if_not_finite(torch.tensor(float("inf")), last=True)  # before the checkpoint
 
 
 def test_odd_images_converted_corrupt_ones_skipped_and_named(tmp_path, caplog):
@@ -224,6 +240,7 @@ def test_ddp_cpu_two_processes(tmp_path, mini):
         "scale=smoke",
         f"data.root={mini}",
         "trainer=ddp_cpu",
+        "trainer.precision=32",  # so one process below can reproduce the validation exactly
         "tta=fastai",
     )
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -232,6 +249,18 @@ def test_ddp_cpu_two_processes(tmp_path, mini):
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 2 * (500 // 2 // 32)  # each rank trained on half of every epoch
     assert res["dataset"]["val"] == 200 and res["tta_acc"] is not None
+
+    # Metrics are reduced across ranks: every epoch counts both ranks' 7 batches of 32 and all 200
+    # val images (100 per rank), and val_acc is the accuracy on the whole split that one process
+    # scoring every val image with the final weights finds.
+    assert all((h["train_images"], h["val_images"]) == (2 * 7 * 32, 200) for h in res["history"])
+    predictor = Predictor(run / "checkpoints" / "last.ckpt")
+    classes, paths, labels = scan_split(Path(mini) / "val")
+    assert len(predictor.classes) == len(classes) == 10  # wnid folders, in the same sorted order
+    correct = np.array([int(predictor.probs(path).argmax()) for path in paths]) == labels
+    assert res["val_acc"] == pytest.approx(correct.mean(), abs=1e-5)
+    # Rank 0 alone scored every other image: its accuracy differs, so the check above has teeth.
+    assert correct[0::2].mean() != correct.mean()
     # One run folder: rank 1 only adds its own log there (Lightning's Hydra launcher).
     assert sorted(p.name for p in run.iterdir() if not p.name.startswith(".")) == [
         "checkpoints",

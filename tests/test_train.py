@@ -56,6 +56,8 @@ def test_smoke_baseline_learns_and_writes_the_contract(tmp_path, mini):
     assert res["precision"] == "bf16-mixed" and res["tta_acc"] is None
     hist = res["history"]
     assert [h["epoch"] for h in hist] == [0, 1] and all(h["size"] == 32 for h in hist)
+    # Every epoch trained 15 full batches of 32 (drop_last) and scored each val image once.
+    assert all((h["train_images"], h["val_images"]) == (15 * 32, 200) for h in hist)
     assert hist[-1]["train_loss"] < hist[0]["train_loss"]  # it learns
     assert res["val_acc"] == hist[-1]["val_acc"] > 0.1 and res["best_val_acc"] >= res["val_acc"]
     assert res["train_seconds"] > 0 and res["cache_seconds"] > 0 and res["train_images_per_second"] > 0
