@@ -1,4 +1,4 @@
-"""Sweeps through Hydra: an Optuna search, the ablation multirun with its report, the SLURM plan."""
+"""Sweeps through Hydra: an Optuna search, parallel local jobs (joblib), the SLURM plan (submitit)."""
 
 from __future__ import annotations
 
@@ -45,3 +45,22 @@ def test_slurm_launcher_composes_its_plan():
     launcher = yaml.safe_load(proc.stdout)["hydra"]["launcher"]
     assert launcher["_target_"].endswith("SlurmLauncher")
     assert launcher["gpus_per_node"] == 1 and launcher["timeout_min"] == 240
+
+@pytest.mark.slow
+def test_local_launcher_runs_jobs_in_parallel_processes(tmp_path, mini):
+    sweep = tmp_path / "sweep"
+    run(
+        "train.py",
+        "-m",
+        "hydra/launcher=local",
+        "+experiment=baseline",
+        "seed=0,1",
+        "scale=smoke",
+        "scale.epochs=1",
+        f"data.root={mini}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert "JoblibLauncher" in (sweep / "multirun.yaml").read_text()
+    results = [yaml.safe_load((sweep / job / "results.json").read_text()) for job in ("0", "1")]
+    assert [r["seed"] for r in results] == [0, 1] and all(r["val_acc"] is not None for r in results)
