@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -17,20 +18,26 @@ def run(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     return proc
 
 
-@pytest.mark.slow
-def test_optuna_search_three_trials(tmp_path, mini):
+def smoke_multirun(tmp_path: Path, mini: Path, *overrides: str) -> Path:
+    """A one-epoch smoke multirun on the mini split; returns its sweep folder."""
     sweep = tmp_path / "sweep"
+    cache = tmp_path / "cache"
     run(
         "train.py",
         "-m",
-        "hparams_search=optuna",
+        *overrides,
         "scale=smoke",
         "scale.epochs=1",
         f"data.root={mini}",
-        f"data.cache_dir={tmp_path / 'cache'}",
-        "hydra.sweeper.n_trials=3",
+        f"data.cache_dir={cache}",
         f"hydra.sweep.dir={sweep}",
     )
+    return sweep
+
+
+@pytest.mark.slow
+def test_optuna_search_three_trials(tmp_path, mini):
+    sweep = smoke_multirun(tmp_path, mini, "hparams_search=optuna", "hydra.sweeper.n_trials=3")
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert set(best["best_params"]) == {"optim.lr", "optim.weight_decay", "mix.alpha", "loss.label_smoothing"}
     assert 0 <= best["best_value"] <= 1
@@ -46,21 +53,10 @@ def test_slurm_launcher_composes_its_plan():
     assert launcher["_target_"].endswith("SlurmLauncher")
     assert launcher["gpus_per_node"] == 1 and launcher["timeout_min"] == 240
 
+
 @pytest.mark.slow
 def test_local_launcher_runs_jobs_in_parallel_processes(tmp_path, mini):
-    sweep = tmp_path / "sweep"
-    run(
-        "train.py",
-        "-m",
-        "hydra/launcher=local",
-        "+experiment=baseline",
-        "seed=0,1",
-        "scale=smoke",
-        "scale.epochs=1",
-        f"data.root={mini}",
-        f"data.cache_dir={tmp_path / 'cache'}",
-        f"hydra.sweep.dir={sweep}",
-    )
+    sweep = smoke_multirun(tmp_path, mini, "hydra/launcher=local", "+experiment=baseline", "seed=0,1")
     assert "JoblibLauncher" in (sweep / "multirun.yaml").read_text()
     results = [yaml.safe_load((sweep / job / "results.json").read_text()) for job in ("0", "1")]
     assert [r["seed"] for r in results] == [0, 1] and all(r["val_acc"] is not None for r in results)
