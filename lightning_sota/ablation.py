@@ -24,18 +24,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from .results import is_complete  # noqa: E402
+
 # The chapter's order; other experiments follow alphabetically.
 CHAPTER_ORDER = ["baseline", "normalize", "progressive_resize", "tta", "mixup", "label_smoothing", "sota"]
-REQUIRED = ("experiment", "seed", "val_acc", "epochs", "train_seconds", "history")
-
-
-def is_complete(path: Path) -> bool:
-    """A results.json that parses and has every field a report needs."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
-    return all(data.get(k) is not None for k in REQUIRED)
 
 
 def collect(folder: Path) -> list[dict]:

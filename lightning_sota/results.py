@@ -8,6 +8,9 @@ import resource
 from pathlib import Path
 from typing import Any
 
+# What a finished run's results.json must hold for a report (and for skip_completed to skip it).
+REQUIRED = ("experiment", "seed", "val_acc", "epochs", "train_seconds", "history")
+
 
 def write_json(path: Path, data: Any) -> None:
     """Write through a temporary name and rename: a killed run never leaves half a file."""
@@ -56,3 +59,12 @@ def summarize(
         "normalize": normalize,
         "dataset": dataset,
     }
+
+
+def is_complete(path: Path) -> bool:
+    """A results.json that parses and has every field a report needs."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return all(data.get(k) is not None for k in REQUIRED)

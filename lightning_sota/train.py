@@ -18,13 +18,12 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.plugins.io import AsyncCheckpointIO
 
-from .ablation import is_complete
 from .acquire import DataError
 from .callbacks import History, ProgressiveResize
 from .checks import ConfigError, check_config
 from .data import ImagenetteDataModule
 from .module import ImageClassifier, NonFiniteLossError
-from .results import summarize, write_json
+from .results import is_complete, summarize, write_json
 from .tta import TestTimeAugmentation
 
 log = logging.getLogger("lightning_sota")

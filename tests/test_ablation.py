@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from lightning_sota.ablation import collect, is_complete, summarize, write_report
+from lightning_sota.ablation import collect, summarize, write_report
+from lightning_sota.results import is_complete
 
 from .conftest import ROOT
 
