@@ -29,6 +29,10 @@ from .tta import TestTimeAugmentation
 log = logging.getLogger("lightning_sota")
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
+# hydra.run.dir is `resume` when set, else a new timestamped folder. oc.select cannot say that: it
+# falls back only for a missing key, and `resume: null` is present.
+OmegaConf.register_new_resolver("ls.or", lambda value, default: default if value is None else value, replace=True)
+
 # The loader gathers whole batches from a memory map in the main process on purpose.
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 
