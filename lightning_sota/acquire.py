@@ -54,8 +54,14 @@ def resolve_root(
             f"no train/ and val/ folders in {root}: point data.root (or IMAGENETTE_ROOT) at a folder "
             f"holding them, or set data.download=true to fetch {archive} into it"
         )
+    created = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
-    path = download_file(f"{base_url.rstrip('/')}/{archive}", root / archive, md5)
+    try:
+        path = download_file(f"{base_url.rstrip('/')}/{archive}", root / archive, md5)
+    except DataError:
+        if created and not any(root.iterdir()):  # a first run that got nothing leaves no trace
+            root.rmdir()
+        raise
     extract_archive(path, target)
     path.unlink()
     if not has_splits(target):
@@ -106,7 +112,8 @@ def download_file(url: str, dest: Path, md5: str | None = None, timeout: float =
     except (OSError, ValueError, http.client.HTTPException) as err:  # URLError, HTTPError: OSErrors
         part.unlink(missing_ok=True)
         raise DataError(
-            f"could not download {url}: {err}; check the network (or data.base_url) and run again"
+            f"could not download {url} ({err}): check the network (or data.base_url), or point "
+            "data.root= (or IMAGENETTE_ROOT) at a folder holding train/ and val/"
         ) from err
     os.replace(part, dest)
     return dest

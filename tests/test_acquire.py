@@ -61,12 +61,16 @@ def test_md5_mismatch_leaves_nothing(tmp_path, server, monkeypatch):
     data = tmp_path / "data"
     with pytest.raises(DataError, match="MD5 mismatch.*deleted.*run again"):
         resolve_root(data, "160px", download=True, base_url=url)
-    assert list(data.iterdir()) == []
+    assert not data.exists()  # no part file, and not even the folder the download made
 
 
 def test_unreachable_server_leaves_nothing(tmp_path, server, monkeypatch):
     _, url = server  # serves nothing: 404
     data = tmp_path / "data"
+    with pytest.raises(DataError, match="could not download .*404"):
+        resolve_root(data, "160px", download=True, base_url=url)
+    assert not data.exists()
+    data.mkdir()  # a folder the user made stays, empty as it was
     with pytest.raises(DataError, match="could not download .*404"):
         resolve_root(data, "160px", download=True, base_url=url)
     assert list(data.iterdir()) == []
