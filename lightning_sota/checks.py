@@ -1,8 +1,43 @@
-"""Reject invalid settings before any data is touched, each with a message that names the fix."""
+"""Reject invalid settings before any data is touched, each with a message that names the fix.
+
+An option the config accepts is either honoured or refused here: nothing is silently ignored.
+Honoured Trainer options that touch the plan: ``accumulate_grad_batches`` and
+``limit_train_batches`` (the schedule is sized from them, module.py), ``gradient_clip_val``
+(module.py), ``devices``/``num_nodes``/``strategy`` (the batches are sharded per rank, data.py).
+"""
 
 from __future__ import annotations
 
+import os
+
+import torch
 from omegaconf import DictConfig
+
+PHASES_FIX = "epochs come from the phases: set scale.epochs (resize=fixed) or scale.progressive.N.epochs"
+WHOLE_SPLIT = "val_acc and tta_acc are scored on the whole validation split every epoch: remove it"
+SET_BY_TRAIN = "train.py sets it for every run"
+# Trainer options that would cut the plan short, score part of the validation split, or that
+# train.py passes itself (Hydra's instantiate would let its value win silently).
+REFUSED_TRAINER = {
+    "max_epochs": PHASES_FIX,
+    "min_epochs": PHASES_FIX,
+    "max_steps": PHASES_FIX,
+    "min_steps": PHASES_FIX,
+    "max_time": "a run ends with its one-cycle schedule: pick a smaller scale or fewer epochs instead",
+    "fast_dev_run": "use scale=smoke for a run of seconds",
+    "overfit_batches": "the phases' shuffled batches are the plan: use scale=smoke for a tiny run",
+    "check_val_every_n_epoch": WHOLE_SPLIT,
+    "val_check_interval": WHOLE_SPLIT,
+    "limit_val_batches": WHOLE_SPLIT,
+    "limit_test_batches": WHOLE_SPLIT,
+    "num_sanity_val_steps": SET_BY_TRAIN,
+    "reload_dataloaders_every_n_epochs": SET_BY_TRAIN + " (the phases change the loaders)",
+    "default_root_dir": "runs go to Hydra's folder: set hydra.run.dir",
+    "callbacks": SET_BY_TRAIN,
+    "logger": "choose logger=csv or logger=tensorboard",
+    "enable_checkpointing": "checkpoints/last.ckpt is written every epoch for resume=",
+    "plugins": SET_BY_TRAIN,
+}
 
 
 class ConfigError(ValueError):
@@ -33,3 +68,76 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"augment.min_scale={cfg.augment.min_scale}: must be in (0, 1]")
     if cfg.tta and cfg.tta.n < 1:
         raise ConfigError(f"tta.n={cfg.tta.n}: must be >= 1")
+    check_trainer(cfg)
+
+
+def check_trainer(cfg: DictConfig) -> None:
+    trainer = cfg.trainer
+    for key, fix in REFUSED_TRAINER.items():
+        if key in trainer:
+            raise ConfigError(f"trainer.{key} is not supported: {fix}")
+    if trainer.get("use_distributed_sampler", False):
+        raise ConfigError(
+            "trainer.use_distributed_sampler=true: the datamodule shards every epoch per rank itself; "
+            "remove it"
+        )
+    accumulate = trainer.get("accumulate_grad_batches", 1)
+    if not isinstance(accumulate, int) or isinstance(accumulate, bool) or accumulate < 1:
+        raise ConfigError(f"trainer.accumulate_grad_batches={accumulate!r}: must be an integer >= 1")
+    limit = trainer.get("limit_train_batches", 1.0)
+    if isinstance(limit, bool) or not (
+        (isinstance(limit, int) and limit >= 1) or (isinstance(limit, float) and 0 < limit <= 1)
+    ):
+        raise ConfigError(
+            f"trainer.limit_train_batches={limit!r}: must be a batch count >= 1 or a fraction in (0, 1]"
+        )
+    clip = trainer.get("gradient_clip_val") or 0
+    if clip < 0:
+        raise ConfigError(f"trainer.gradient_clip_val={clip}: must be >= 0")
+    if clip and str(trainer.get("precision")) in ("16", "16-mixed") and cfg.optim.get("fused"):
+        raise ConfigError(
+            f"trainer.gradient_clip_val={clip} with precision 16-mixed: the fused optimizer unscales "
+            "inside its step, too late to clip; use trainer.precision=bf16-mixed or optim.fused=false"
+        )
+    check_devices(trainer)
+
+
+def cluster_launched() -> bool:
+    """True under a launcher that starts and connects every node's ranks: SLURM's srun,
+    torchrun, LSF, MPI, or MASTER_ADDR/MASTER_PORT set by hand or by Kubeflow."""
+    from lightning_fabric.plugins.environments import (
+        LSFEnvironment,
+        MPIEnvironment,
+        SLURMEnvironment,
+        TorchElasticEnvironment,
+    )
+
+    detected = (SLURMEnvironment, TorchElasticEnvironment, LSFEnvironment, MPIEnvironment)
+    return {"MASTER_ADDR", "MASTER_PORT"} <= set(os.environ) or any(env.detect() for env in detected)
+
+
+def check_devices(trainer: DictConfig) -> None:
+    """What Lightning would find out only at fit time, after the data: or never (a multi-node
+    job without its other nodes waits for them until the process-group timeout)."""
+    accelerator = str(trainer.get("accelerator", "auto"))
+    devices = trainer.get("devices", "auto")
+    if accelerator in ("gpu", "cuda"):
+        gpus = torch.cuda.device_count()
+        if gpus == 0:
+            raise ConfigError(
+                f"trainer.accelerator={accelerator} but this machine has no GPU: use trainer=cpu, "
+                "or trainer=ddp_cpu for DDP across CPU processes"
+            )
+        if isinstance(devices, int) and devices > gpus:
+            raise ConfigError(
+                f"trainer.devices={devices} but {gpus} GPU(s) are visible: use trainer.devices={gpus} "
+                "or -1 (all of them)"
+            )
+    nodes = trainer.get("num_nodes", 1)
+    if not isinstance(nodes, int) or nodes < 1:
+        raise ConfigError(f"trainer.num_nodes={nodes!r}: must be an integer >= 1")
+    if nodes > 1 and not cluster_launched():
+        raise ConfigError(
+            f"trainer.num_nodes={nodes} but no multi-node launcher started this process: run it "
+            f"with srun (or hydra/launcher=slurm hydra.launcher.nodes={nodes}) or torchrun --nnodes={nodes}"
+        )

@@ -138,12 +138,14 @@ class ImagenetteDataModule(pl.LightningDataModule):
     def epochs(self) -> int:
         return sum(p.epochs for p in self.phases)
 
-    def steps_per_epoch(self, phase: Phase) -> int:
+    def train_batches(self, phase: Phase) -> int:
+        """Training batches per epoch on each rank: drop_last (as fastai trains), then the
+        Trainer's ``limit_train_batches`` the way Lightning applies it (int: at most that many;
+        float: that fraction, rounded down)."""
         world = self.trainer.world_size if self.trainer is not None else 1
-        return len(self.train_index) // world // phase.batch_size  # drop_last, as fastai trains
-
-    def total_train_steps(self) -> int:
-        return sum(self.steps_per_epoch(p) * p.epochs for p in self.phases)
+        batches = len(self.train_index) // world // phase.batch_size
+        limit = self.trainer.limit_train_batches if self.trainer is not None else 1.0
+        return min(batches, limit) if isinstance(limit, int) else int(batches * limit)
 
     def presize_for(self, size: int) -> int:
         return self.presize or round(size * PRESIZE_RATIO)

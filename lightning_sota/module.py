@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
+from torch.optim import Optimizer
 from torchmetrics.classification import MulticlassAccuracy
 
 from .augment import BatchAugment
@@ -127,7 +129,28 @@ class ImageClassifier(pl.LightningModule):
     def configure_optimizers(self) -> dict:
         optimizer = self.optimizer_factory(self.model)
         data = self.trainer.datamodule
-        schedule = self.schedule_factory(
-            optimizer, [(data.steps_per_epoch(p), p.epochs) for p in data.phases]
-        )
+        # The schedule counts optimizer steps, as Lightning steps it: with gradient accumulation
+        # one every `accumulate` batches and one on an epoch's last batch (so the lr still ends
+        # its cycle, as under fastai's GradientAccumulation).
+        accumulate = self.trainer.accumulate_grad_batches
+        steps = [(math.ceil(data.train_batches(p) / accumulate), p.epochs) for p in data.phases]
+        schedule = self.schedule_factory(optimizer, steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """trainer.gradient_clip_val, clipped here rather than by Lightning's precision plugin:
+        that one refuses fused optimizers under any mixed precision, assuming a GradScaler holds
+        scaled gradients; under bf16 and fp32 (checks.py refuses 16-mixed with fused) the
+        gradients are the true ones."""
+        if not gradient_clip_val:
+            return
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if gradient_clip_algorithm == "value":
+            nn.utils.clip_grad_value_(params, gradient_clip_val)
+        else:
+            nn.utils.clip_grad_norm_(params, gradient_clip_val)

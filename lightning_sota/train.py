@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
@@ -22,6 +26,7 @@ from .acquire import DataError
 from .callbacks import History, ProgressiveResize
 from .checks import ConfigError, check_config
 from .data import ImagenetteDataModule
+from .loggers import keep_rows_before
 from .module import ImageClassifier, NonFiniteLossError
 from .results import is_complete, summarize, write_json
 from .tta import TestTimeAugmentation
@@ -29,17 +34,60 @@ from .tta import TestTimeAugmentation
 log = logging.getLogger("lightning_sota")
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
-# hydra.run.dir is `resume` when set, else a new timestamped folder. oc.select cannot say that: it
-# falls back only for a missing key, and `resume: null` is present.
-OmegaConf.register_new_resolver("ls.or", lambda value, default: default if value is None else value, replace=True)
+# ${ls.if_null:x,a,b}: a when x is null, else b. conf/config.yaml picks the run folder with it
+# (resume= continues in the run's own folder); oc.select cannot, as it falls back only for a
+# missing key and `resume: null` is present.
+OmegaConf.register_new_resolver(
+    "ls.if_null", lambda value, then, otherwise: then if value is None else otherwise, replace=True
+)
 
 # The loader gathers whole batches from a memory map in the main process on purpose.
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
+# Lightning advertises its cloud logger at every Trainer start.
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(lambda r: "💡" not in r.getMessage())
 
 
-def train(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict:
+@dataclass
+class Run:
+    """The parts of one run, built from its config."""
+
+    data: ImagenetteDataModule
+    module: ImageClassifier
+    trainer: pl.Trainer
+    history: History
+    tta: TestTimeAugmentation | None
+
+
+def build(cfg: DictConfig, run_dir: Path) -> Run:
+    """Every part of a run. The Trainer comes first: Lightning validates its options (devices,
+    strategy, precision, ...) in its constructor, so a bad one is refused before any data is read."""
     pl.seed_everything(cfg.seed, workers=True)
     data: ImagenetteDataModule = instantiate(cfg.data)
+    history = History()
+    tta: TestTimeAugmentation | None = instantiate(cfg.tta) if cfg.tta else None
+    callbacks = [
+        history,
+        ProgressiveResize(),
+        LearningRateMonitor(logging_interval="step"),
+        # One file, checkpoints/last.ckpt, replaced (atomically, by Lightning) at every epoch end.
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False),
+        *([tta] if tta else []),
+    ]
+    loggers = [instantiate(c) for c in cfg.logger.values()]
+    try:
+        trainer: pl.Trainer = instantiate(
+            cfg.trainer,
+            max_epochs=data.epochs,
+            callbacks=callbacks,
+            logger=loggers,
+            default_root_dir=str(run_dir),
+            reload_dataloaders_every_n_epochs=1,
+            num_sanity_val_steps=0,
+            # Checkpoints are snapshotted, then written by a thread: the loop never waits on the disk.
+            plugins=[AsyncCheckpointIO()],
+        )
+    except InstantiationException as err:  # Lightning's own refusal, or an unknown trainer.<key>
+        raise ConfigError(f"trainer: {err.__cause__ or err}") from err
     data.setup("fit")  # acquire and build the presize caches now: reported apart from the fit
 
     module = ImageClassifier(
@@ -55,28 +103,12 @@ def train(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict
         classes=data.classes,
         config=OmegaConf.to_container(cfg, resolve=True),
     )
-    history = History()
-    tta: TestTimeAugmentation | None = instantiate(cfg.tta) if cfg.tta else None
-    callbacks = [
-        history,
-        ProgressiveResize(),
-        LearningRateMonitor(logging_interval="step"),
-        # One file, checkpoints/last.ckpt, replaced (atomically, by Lightning) at every epoch end.
-        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False),
-        *([tta] if tta else []),
-    ]
-    trainer: pl.Trainer = instantiate(
-        cfg.trainer,
-        max_epochs=data.epochs,
-        callbacks=callbacks,
-        logger=[instantiate(c) for c in cfg.logger.values()],
-        default_root_dir=str(run_dir),
-        reload_dataloaders_every_n_epochs=1,
-        num_sanity_val_steps=0,
-        # Checkpoints are snapshotted, then written by a thread: the loop never waits on the disk.
-        plugins=[AsyncCheckpointIO()],
-    )
+    return Run(data, module, trainer, history, tta)
 
+
+def train(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict:
+    run = build(cfg, run_dir)
+    data, module, trainer, history, tta = run.data, run.module, run.trainer, run.history, run.tta
     start = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     train_seconds = history.seconds_before + time.perf_counter() - start
@@ -109,6 +141,63 @@ def train(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict
     return results
 
 
+# What a resumed run may change: where things are, not what is trained.
+RESUME_FREE = (
+    "resume",
+    "skip_completed",
+    "data.root",
+    "data.cache_dir",
+    "data.download",
+    "data.base_url",
+    "data.workers",
+    "data.cache_workers",
+    "trainer.enable_progress_bar",
+    "logger",
+)
+
+
+def flat(tree: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}: one entry per leaf."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def resumed_config(current: DictConfig, saved: dict, overrides: list[str]) -> DictConfig:
+    """The interrupted run's own config. The command line may repeat the run's own settings or
+    move its data and cache (RESUME_FREE); an override that changes the plan is refused, since
+    the checkpoint's schedule and phases were made for the old one."""
+
+    def free(key: str) -> bool:
+        return any(key == k or key.startswith(k + ".") for k in RESUME_FREE)
+
+    keys = [o.key_or_group for o in OverridesParser.create().parse_overrides(overrides)]
+    if any(not free(k) for k in keys):
+        planned = OmegaConf.masked_copy(current, [k for k in current if not free(k)])
+        mine, theirs = flat(OmegaConf.to_container(planned, resolve=True)), flat(saved)
+        changed = [
+            k for k in sorted(mine.keys() | theirs.keys()) if not free(k) and mine.get(k) != theirs.get(k)
+        ]
+        if changed:  # name a key the user typed when there is one
+            named = [k for k in changed if any(k == key or k.startswith(key + ".") for key in keys)]
+            k = (named or changed)[0]
+            more = f", and {len(changed) - 1} more" if len(changed) > 1 else ""
+            raise ConfigError(
+                f"resume={current.resume}: these overrides would change the run's config ({k}: "
+                f"{theirs.get(k)!r} -> {mine.get(k)!r}{more}); a resumed run keeps its own: give resume= "
+                "alone (data.root= and data.cache_dir= may move), or start a new run without resume="
+            )
+    cfg = OmegaConf.create(saved)
+    for key in keys:
+        if free(key) and key != "resume":
+            OmegaConf.update(cfg, key, OmegaConf.select(current, key), merge=False)
+    return cfg
+
+
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     try:
@@ -124,18 +213,25 @@ def run(cfg: DictConfig) -> float | None:
     if cfg.resume:  # the interrupted run's own config, from its checkpoint, in its own folder
         ckpt_path = Path(cfg.resume) / "checkpoints" / "last.ckpt"
         if not ckpt_path.is_file():
+            folder = Path(cfg.resume)
+            made_now = {p.name for p in folder.iterdir()} == {".hydra", "train.log"} and [
+                p.name for p in (folder / ".hydra").iterdir()
+            ] == ["resumed"]
+            if made_now:  # a mistyped folder, which Hydra has just created: leave no trace
+                shutil.rmtree(folder)
             raise ConfigError(
                 f"resume={cfg.resume}: no checkpoints/last.ckpt there, nothing to resume; "
                 "start a new run without resume="
             )
-        saved = torch.load(ckpt_path, map_location="cpu", weights_only=True)["lightning_sota"]["config"]
-        cfg = OmegaConf.create(saved)
-        OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")  # Hydra rewrote it with resume=
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        cfg = resumed_config(cfg, ckpt["lightning_sota"]["config"], list(HydraConfig.get().overrides.task))
     check_config(cfg)
     done = run_dir / "results.json"
     if cfg.skip_completed and is_complete(done):
         log.info("skipped: %s is complete", done)
         return json.loads(done.read_text())["val_acc"]
+    if ckpt_path:  # the steps after the checkpoint run again: their metrics.csv rows go
+        keep_rows_before(run_dir, ckpt["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"])
     log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
     return train(cfg, run_dir, ckpt_path)["val_acc"]
 

@@ -31,7 +31,7 @@ def test_imagenette_mini(mini, tmp_path):
     assert dm.classes[0] == "tench" and dm.classes[-1] == "parachute" and len(dm.classes) == 10
     assert dm.summary()["skipped"] == [] and dm.cache_seconds > 0
     batches = list(dm.train_dataloader())
-    assert len(batches) == dm.steps_per_epoch(dm.phases[0]) == 500 // 16  # drop_last
+    assert len(batches) == dm.train_batches(dm.phases[0]) == 500 // 16  # drop_last
     b = batches[0]
     assert b["image"].dtype == torch.uint8 and b["image"].shape == (16, 66, 66, 3)  # 32 x 460/224
     assert b["size"] == 32 and b["label"].dtype == torch.int64
@@ -62,7 +62,7 @@ def test_phases_decide_size_and_batch_size(image_folder, tmp_path):
     phases = [{"size": 16, "batch_size": 4, "epochs": 2}, {"size": 24, "batch_size": 8, "epochs": 1}]
     dm = datamodule(image_folder, tmp_path, phases)
     assert [dm.phase_at(e) for e in range(4)] == [Phase(16, 4, 2)] * 2 + [Phase(24, 8, 1)] * 2
-    assert dm.epochs == 3 and dm.total_train_steps() == 2 * (36 // 4) + 36 // 8
+    assert dm.epochs == 3 and [dm.train_batches(p) for p in dm.phases] == [36 // 4, 36 // 8]
     dm.epoch = 2
     assert next(iter(dm.train_dataloader()))["image"].shape[0] == 8
 

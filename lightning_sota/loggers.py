@@ -1,0 +1,53 @@
+"""metrics.csv that a resumed run continues instead of replacing."""
+
+from __future__ import annotations
+
+import csv
+import os
+import warnings
+from pathlib import Path
+
+from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+
+METRICS = "metrics.csv"
+
+
+class RunCSVLogger(CSVLogger):
+    """Lightning's CSVLogger, except that a metrics.csv already in the run folder is kept.
+
+    Lightning's deletes it when the writer starts (and warns on every run, because Hydra's
+    ``.hydra/`` is already there): a resumed run would lose its finished epochs' rows. A resume
+    first drops the rows logged after its checkpoint (``keep_rows_before``), then this logger
+    appends the rest."""
+
+    @property
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is not None:
+            return self._experiment
+        path = Path(self.log_dir) / METRICS
+        kept = path.read_bytes() if path.is_file() else None
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", ".*exists and is not empty.*")
+            writer = super().experiment  # deletes metrics.csv (on rank 0; other ranks get a dummy)
+        if kept and isinstance(writer, ExperimentWriter):
+            path.write_bytes(kept)
+            with path.open(newline="") as f:
+                writer.metrics_keys = next(csv.reader(f))
+        return writer
+
+
+def keep_rows_before(folder: Path, step: int) -> None:
+    """Drop the metrics.csv rows of ``step`` and later: a resumed run logs those steps again."""
+    path = Path(folder) / METRICS
+    if not path.is_file():
+        return
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        header, rows = reader.fieldnames or [], [r for r in reader if int(r["step"]) < step]
+    tmp = path.with_name(f".{METRICS}.tmp-{os.getpid()}")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)

@@ -1,0 +1,233 @@
+"""Every option that touches the phases, the schedule or the data is honoured or refused."""
+
+from __future__ import annotations
+
+import csv
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from lightning_sota.checks import ConfigError, check_config
+from lightning_sota.train import CONFIG_DIR, build, resumed_config
+
+from .conftest import MINI, ROOT
+
+
+def config(*overrides: str):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def resolved(cfg) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def smoke(tmp_path: Path, *overrides: str):
+    """A smoke config on the mini set whose outputs stay in tmp_path (no Hydra run here)."""
+    return config(
+        "scale=smoke",
+        f"data.root={MINI}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        f"logger.csv.save_dir={tmp_path / 'run'}",
+        *overrides,
+    )
+
+
+def one_cycle_lr(step: int, steps: int, lr_max: float = 3e-3, pct: float = 0.25) -> float:
+    """fit_one_cycle's lr at ``step`` of ``steps``, written out from fastai's SchedCos formula."""
+    pos = step / steps
+    if pos < pct:
+        start, end, p = lr_max / 25, lr_max, pos / pct
+    else:
+        start, end, p = lr_max, lr_max / 1e5, (pos - pct) / (1 - pct)
+    return start + (1 + math.cos(math.pi * (1 - p))) * (end - start) / 2
+
+
+@pytest.mark.slow
+def test_accumulate_grad_batches_keeps_the_whole_one_cycle(tmp_path):
+    run = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "train.py",
+        "scale=smoke",
+        f"data.root={MINI}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={run}",
+        "+trainer.accumulate_grad_batches=2",
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # 15 batches an epoch, an optimizer step every 2 and on the last: 8 steps an epoch, 16 in all.
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 16 == ckpt["lr_schedulers"][0]["last_epoch"]
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    lrs = [float(r["lr-AdamW/pg1"]) for r in rows if r["lr-AdamW/pg1"]]
+    assert len(lrs) == 30  # logged at every batch: each optimizer step's lr twice, the last once
+    assert max(lrs) == pytest.approx(3e-3)  # it reaches the peak (step 4 of 16)...
+    # ...and ends at the lr of step 15 of 16 near zero, as a run without accumulation ends; the
+    # batch-sized schedule stopped at step 16 of 30, still at 2.2e-3.
+    assert lrs[-1] == pytest.approx(one_cycle_lr(15, 16), rel=1e-6) and lrs[-1] < 3e-3 / 50
+    assert lrs[0] == pytest.approx(3e-3 / 25)
+
+
+class GradNorms(pl.Callback):
+    """After each optimizer step the gradients are still there (zeroed before the next one)."""
+
+    def __init__(self) -> None:
+        self.norms: list[float] = []
+        self.max_abs: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        self.norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+        self.max_abs.append(max(float(g.abs().max()) for g in grads))
+
+
+def fit_with_probe(tmp_path: Path, *overrides: str) -> tuple[pl.Trainer, GradNorms]:
+    run = build(smoke(tmp_path, "scale.epochs=1", *overrides), tmp_path / "run")
+    probe = GradNorms()
+    run.trainer.callbacks.append(probe)
+    run.trainer.fit(run.module, datamodule=run.data)
+    return run.trainer, probe
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["bf16-mixed", "32"])
+def test_gradient_clip_val_is_honoured_with_the_fused_optimizer(tmp_path, precision):
+    # Unclipped, these gradients have norms of about 1-10: after clipping every step's is 0.01.
+    _, probe = fit_with_probe(tmp_path, "+trainer.gradient_clip_val=0.01", f"trainer.precision={precision}")
+    assert len(probe.norms) == 15 and probe.norms == pytest.approx([0.01] * 15, rel=1e-3)
+
+
+@pytest.mark.slow
+def test_gradient_clip_by_value_and_limit_train_batches(tmp_path):
+    trainer, probe = fit_with_probe(
+        tmp_path,
+        "+trainer.gradient_clip_val=1e-4",
+        "+trainer.gradient_clip_algorithm=value",
+        "+trainer.limit_train_batches=5",
+    )
+    assert max(probe.max_abs) == pytest.approx(1e-4)
+    # limit_train_batches: 5 batches, and the one-cycle schedule sized for exactly those 5 steps.
+    schedule = trainer.lr_scheduler_configs[0].scheduler
+    assert trainer.global_step == 5 == schedule.total_steps == schedule.last_epoch
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["+trainer.max_epochs=3"], r"trainer.max_epochs is not supported: epochs come from the phases"),
+        (["+trainer.max_steps=10"], r"trainer.max_steps is not supported: epochs come from the phases"),
+        (["+trainer.check_val_every_n_epoch=2"], r"check_val_every_n_epoch .*whole validation split"),
+        (["+trainer.limit_val_batches=0.5"], r"limit_val_batches .*whole validation split"),
+        (["+trainer.num_sanity_val_steps=2"], r"num_sanity_val_steps is not supported"),
+        (["trainer.use_distributed_sampler=true"], r"use_distributed_sampler=true: the datamodule shards"),
+        (["+trainer.accumulate_grad_batches=0"], r"accumulate_grad_batches=0: must be an integer >= 1"),
+        (["+trainer.limit_train_batches=0"], r"limit_train_batches=0: must be a batch count"),
+        (["+trainer.limit_train_batches=1.5"], r"limit_train_batches=1.5: must be a batch count"),
+        (["+trainer.gradient_clip_val=-1"], r"gradient_clip_val=-1: must be >= 0"),
+        (
+            ["+trainer.gradient_clip_val=1", "trainer.precision=16-mixed"],
+            r"16-mixed: the fused optimizer unscales inside its step.*optim.fused=false",
+        ),
+        (["+trainer.num_nodes=2"], r"num_nodes=2 but no multi-node launcher .*srun"),
+    ],
+)
+def test_options_that_would_break_the_plan_are_refused(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        check_config(config(*overrides))
+
+
+def test_honoured_options_pass_the_checks():
+    check_config(
+        config(
+            "+trainer.accumulate_grad_batches=4",
+            "+trainer.limit_train_batches=0.25",
+            "+trainer.gradient_clip_val=1.0",
+            "trainer=ddp_cpu",
+            "trainer.devices=3",
+        )
+    )
+    check_config(config("+trainer.gradient_clip_val=1", "trainer.precision=16-mixed", "optim.fused=false"))
+
+
+def test_ddp_devices_and_nodes_checked_against_the_machine(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(ConfigError, match="no GPU: use trainer=cpu, or trainer=ddp_cpu"):
+        check_config(config("trainer=ddp"))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    check_config(config("trainer=ddp"))  # devices=-1: both
+    check_config(config("trainer=ddp", "trainer.devices=2"))
+    with pytest.raises(ConfigError, match=r"trainer.devices=4 but 2 GPU\(s\) are visible"):
+        check_config(config("trainer=ddp", "trainer.devices=4"))
+    for var in ("SLURM_NTASKS", "SLURM_JOB_NAME", "MASTER_ADDR", "TORCHELASTIC_RUN_ID", "LSB_JOBID"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(ConfigError, match="num_nodes=2 but no multi-node launcher"):
+        check_config(config("trainer=ddp", "trainer.num_nodes=2"))
+    monkeypatch.setenv("SLURM_NTASKS", "4")  # inside an srun job step
+    monkeypatch.setenv("SLURM_JOB_NAME", "train")
+    check_config(config("trainer=ddp", "trainer.num_nodes=2"))
+
+
+def test_resume_keeps_the_runs_config_and_refuses_plan_changes(tmp_path):
+    original = ["+experiment=sota", "scale=smoke", f"logger.csv.save_dir={tmp_path}"]
+    saved = {**resolved(config(*original)), "resume": None}
+    resume = f"resume={tmp_path}"
+
+    # resume= alone, or with the run's own command repeated: the saved config, as it was.
+    alone = resumed_config(config(resume, f"logger.csv.save_dir={tmp_path}"), saved, [resume])
+    assert resolved(alone) == saved
+    again = resumed_config(config(*original, resume), saved, [*original, resume])
+    assert resolved(again) == saved
+    # Moving the data is allowed and taken.
+    moved = resumed_config(config(resume, "data.root=/elsewhere"), saved, [resume, "data.root=/elsewhere"])
+    assert moved.data.root == "/elsewhere" and moved.scale.lr == saved["scale"]["lr"]
+    # Changing what is trained is refused, naming the key that was typed.
+    with pytest.raises(ConfigError, match=r"would change the run's config \(scale.lr: 0.008 -> 0.1"):
+        resumed_config(config(*original, resume, "scale.lr=0.1"), saved, [*original, resume, "scale.lr=0.1"])
+    with pytest.raises(ConfigError, match=r"\(seed: 0 -> 1\b"):
+        resumed_config(config(resume, "seed=1"), saved, [resume, "seed=1"])
+
+
+def test_cli_refuses_a_plan_option_in_one_line_before_any_data(tmp_path):
+    for option, message in [
+        ("+trainer.max_epochs=3", "error: trainer.max_epochs is not supported: epochs come from the phases"),
+        ("+trainer.no_such_flag=1", "error: trainer: Trainer.__init__() got an unexpected keyword argument"),
+    ]:
+        cmd = [
+            sys.executable,
+            "train.py",
+            "scale=smoke",
+            f"data.root={tmp_path / 'nowhere'}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+            option,
+        ]
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert proc.stderr.strip().splitlines()[-1].startswith(message)
+        assert "Traceback" not in proc.stderr
+        assert not (tmp_path / "cache").exists() and not (tmp_path / "nowhere").exists()
+
+
+def test_cli_resume_of_a_mistyped_folder_leaves_nothing(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "resume=outputs/runs/sota/typo"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: resume=outputs/runs/sota/typo: no checkpoints/last.ckpt there, nothing to resume; "
+        "start a new run without resume="
+    )
+    assert not (tmp_path / "outputs" / "runs" / "sota" / "typo").exists()  # Hydra's folder removed
