@@ -4,16 +4,19 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ARGS ?=
+# The resolved set of every dependency the tests last passed with (make lock refreshes it).
+CONSTRAINTS := constraints.txt
+PIP_INSTALL := $(PY) -m pip install --quiet -c $(CONSTRAINTS)
 
-.PHONY: install install-bench train test test-fast lint bench ablation clean
+.PHONY: install install-bench train test test-fast lint bench ablation lock clean
 
 install: $(STAMP)
 
-# Re-install only when the dependency list changes.
-$(STAMP): pyproject.toml
+# Re-install only when the dependency list or the resolved set changes.
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PIP_INSTALL) -e '.[dev]'
 	touch $(STAMP)
 
 BENCH_STAMP := $(VENV)/.installed-bench
@@ -21,7 +24,7 @@ BENCH_STAMP := $(VENV)/.installed-bench
 install-bench: $(BENCH_STAMP)
 
 $(BENCH_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	$(PIP_INSTALL) -e '.[dev,bench]'
 	touch $(BENCH_STAMP)
 
 train: install
@@ -49,14 +52,30 @@ ablation: install
 	$(PY) -m lightning_sota.ablation $(ABLATION_RUNS) --out outputs/ablation
 
 # Speed and accuracy beside fastai on the same machine (IMAGENETTE_ROOT: the full official split).
+BENCH_ARGS ?=
+THROUGHPUT_ARGS ?=
 bench: install-bench
 	@test -n "$(IMAGENETTE_ROOT)" || { echo "make bench: set IMAGENETTE_ROOT to a folder with train/ and val/ (README)"; exit 2; }
-	$(PY) benchmarks/vs_fastai.py --root $(IMAGENETTE_ROOT)
-	$(PY) benchmarks/throughput.py --root $(IMAGENETTE_ROOT)
+	$(PY) benchmarks/vs_fastai.py --root $(IMAGENETTE_ROOT) $(BENCH_ARGS)
+	$(PY) benchmarks/throughput.py --root $(IMAGENETTE_ROOT) $(THROUGHPUT_ARGS)
+
+# Re-resolve every dependency (all extras) to the newest releases pyproject.toml allows, in a
+# scratch venv, record them in constraints.txt, then reinstall .venv from it and run the tests.
+LOCK_VENV := .venv-lock
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LOCK_VENV)/bin/python -m pip install --quiet -e '.[dev,bench,tensorboard]'
+	{ echo "# Written by make lock (pip freeze of .[dev,bench,tensorboard]); make install installs from it."; \
+	  $(LOCK_VENV)/bin/python -m pip freeze --exclude-editable; } > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
+	rm -rf $(LOCK_VENV)
+	$(MAKE) test
 
 lint: install
 	$(PY) -m ruff check lightning_sota tests benchmarks train.py
 	$(PY) -m ruff format --check lightning_sota tests benchmarks train.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(LOCK_VENV) .pytest_cache
