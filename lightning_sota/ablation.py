@@ -1,11 +1,12 @@
 """Aggregate the results.json files of any runs into the chapter's table, with error bars.
 
-    python -m lightning_sota.ablation outputs/ablation/quick [--out outputs/ablation]
+    python -m lightning_sota.ablation outputs/multiruns/<time> [--out <folder>]
 
-Writes ``results.csv`` (one row per run), ``results.md`` (per experiment: n, mean ± std of val_acc
-and tta_acc, Δ vs baseline with its standard error, epochs, mean train time), ``accuracy.png``
-(bars with ±1 std error bars, plain and TTA) and ``curves.png`` (val_acc per epoch, mean across
-seeds). Δ is marked ≈ when it is within 2 standard errors of zero: not distinguishable from noise.
+Writes, into the runs folder unless --out says otherwise, ``results.csv`` (one row per run),
+``results.md`` (per experiment: n, mean ± std of val_acc and tta_acc, Δ vs baseline with its
+standard error, epochs, mean train time), ``accuracy.png`` (bars with ±1 std error bars, plain
+and TTA) and ``curves.png`` (val_acc per epoch, mean across seeds). Δ is marked ≈ when it is
+within 2 standard errors of zero: not distinguishable from noise.
 """
 
 from __future__ import annotations
@@ -203,8 +204,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("runs", type=Path, help="a folder holding runs (searched recursively)")
-    parser.add_argument("--out", type=Path, default=Path("outputs/ablation"))
+    parser.add_argument("--out", type=Path, help="where the report goes (default: the runs folder)")
     args = parser.parse_args()
+    args.out = args.out or args.runs
     write_report(args.runs, args.out)
     print((args.out / "results.md").read_text(), end="")
     print(f"wrote {args.out}/results.csv, results.md, accuracy.png, curves.png")

@@ -1,25 +1,52 @@
-"""All seven chapter-7 experiments at scale=smoke on the real imagenette-mini."""
+"""All seven chapter-7 experiments at scale=smoke on the real imagenette-mini, as one Hydra multirun."""
 
 from __future__ import annotations
+
+import json
+import subprocess
+import sys
 
 import pytest
 import torch
 
+from .conftest import MINI, ROOT
 from .test_train import CONTRACT, run_train
 
 EXPERIMENTS = ["baseline", "normalize", "progressive_resize", "tta", "mixup", "label_smoothing", "sota"]
 
 
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """One process runs every experiment (Hydra's basic launcher): one startup, one cache."""
+    tmp = tmp_path_factory.mktemp("experiments")
+    cmd = [
+        sys.executable,
+        "train.py",
+        "-m",
+        f"+experiment={','.join(EXPERIMENTS)}",
+        "scale=smoke",
+        f"data.root={MINI}",
+        f"data.cache_dir={tmp / 'cache'}",
+        f"hydra.sweep.dir={tmp / 'sweep'}",
+        "hydra.sweep.subdir=${name}",
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return tmp / "sweep"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_experiment_at_smoke_scale(experiment, tmp_path, mini):
-    res = run_train(tmp_path, f"+experiment={experiment}", "scale=smoke", f"data.root={mini}")
+def test_experiment_at_smoke_scale(experiment, sweep):
+    res = json.loads((sweep / experiment / "results.json").read_text())
     assert CONTRACT <= set(res) and res["experiment"] == experiment
     assert None not in (res["val_acc"], res["best_val_acc"]) and len(res["history"]) == res["epochs"]
     # The sizes and batch sizes the training batches had, epoch by epoch, are the phases'.
     planned = [(p["size"], p["batch_size"]) for p in res["phases"] for _ in range(p["epochs"])]
     assert [(h["size"], h["batch_size"]) for h in res["history"]] == planned
-    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(
+        sweep / experiment / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+    )
     steps = sum(500 // p["batch_size"] * p["epochs"] for p in res["phases"])
     sched = ckpt["lr_schedulers"][0]
     assert ckpt["global_step"] == steps == sched["last_epoch"] == sum(c["steps"] for c in sched["cycles"])
