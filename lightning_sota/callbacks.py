@@ -95,17 +95,10 @@ class ProgressiveResize(pl.Callback):
     The switch itself is the datamodule's: Lightning asks for each epoch's loader before any
     epoch-start hook runs, so the phase must be a pure function of the epoch that the
     datamodule evaluates when asked (which also makes a resumed run land in the right phase).
-    This callback checks the phases against the Trainer, logs ``size`` and ``batch_size`` every
-    epoch (metrics.csv) and announces each new phase.
+    This callback logs ``size`` and ``batch_size`` every epoch (metrics.csv) and announces each
+    new phase. (The Trainer's max_epochs is the phases' sum: train.py sets it, checks.py refuses
+    a user's.)
     """
-
-    def on_fit_start(self, trainer, pl_module) -> None:
-        data = trainer.datamodule
-        if trainer.max_epochs != data.epochs:
-            raise ValueError(
-                f"the phases add up to {data.epochs} epochs but the Trainer runs {trainer.max_epochs}: "
-                "set the epochs in resize.phases, not trainer.max_epochs"
-            )
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         data = trainer.datamodule
