@@ -169,8 +169,11 @@ class BatchAugment(nn.Module):
 
     def forward(self, batch: dict, train: bool) -> Tensor:
         image = batch["image"]
-        matrix = self.homography(batch["box"], batch["transposed"], image.shape[1:3], train)
-        x = self.sample(image, matrix, int(batch["size"])) / 255
-        if train and self.max_lighting > 0 and self.p_lighting > 0:
-            x = self.lighting(x)
+        # Lightning runs the step under autocast; in bf16 the homographies and the grid would be
+        # off by up to a source pixel (and the view would differ from predict.py's fp32 one).
+        with torch.autocast(image.device.type, enabled=False):
+            matrix = self.homography(batch["box"].float(), batch["transposed"], image.shape[1:3], train)
+            x = self.sample(image, matrix, int(batch["size"])) / 255
+            if train and self.max_lighting > 0 and self.p_lighting > 0:
+                x = self.lighting(x)
         return x

@@ -136,3 +136,22 @@ def test_augmented_statistics_stay_close_to_the_source(size):
     out = BatchAugment()(batch(img, (0, 0, 40, 53), size=size), train=True)
     src_mean = img.float().mean() / 255
     assert abs(out.mean() - src_mean) < 0.03
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_geometry_is_fp32_under_bf16_autocast(train):
+    """Lightning runs the whole step under bf16 autocast; the sampling grid must not feel it.
+    A 460x613 noise image (the chapter's presize) to 224 px: the same view, to the grey level."""
+    image = torch.randint(
+        0, 256, (2, 460, 613, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8
+    )
+    b = batch(image, (0, 0, 460, 613), size=224)
+    aug = BatchAugment()
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        fp32 = aug(b, train=train)
+    with torch.random.fork_rng(), torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.manual_seed(1)
+        mixed = aug(b, train=train)
+    assert mixed.dtype == torch.float32
+    assert (mixed - fp32).abs().max() * 255 < 0.5
