@@ -33,6 +33,7 @@ class Cycle:
     div: float = 25.0
     div_final: float = 1e5
     pct_start: float = 0.25
+    clear_state: bool = False  # start with fresh optimizer state (fastai's freeze()/unfreeze())
 
 
 class CycleSchedule(LRScheduler):
@@ -49,6 +50,12 @@ class CycleSchedule(LRScheduler):
     def total_steps(self) -> int:
         return sum(c["steps"] for c in self.cycles)
 
+    @property
+    def clear_at(self) -> set[int]:
+        """The optimizer steps that begin a cycle with ``clear_state``."""
+        starts = [sum(c["steps"] for c in self.cycles[:i]) for i in range(len(self.cycles))]
+        return {start for start, c in zip(starts, self.cycles, strict=True) if c["clear_state"]}
+
     def values(self, step: int) -> tuple[float, float]:
         """(lr, momentum) at optimizer step ``step`` (0-based); past the end, the final values."""
         for c in self.cycles:
@@ -63,6 +70,8 @@ class CycleSchedule(LRScheduler):
         raise ValueError("a schedule needs at least one cycle")
 
     def get_lr(self) -> list[float]:
+        if self.last_epoch in self.clear_at:
+            self.optimizer.state.clear()  # Adam's moments and step count start over
         lr, mom = self.values(self.last_epoch)
         for group in self.optimizer.param_groups:
             if "betas" in group:
@@ -100,11 +109,14 @@ def fine_tune(
 ) -> CycleSchedule:
     """Chapter 7's progressive resizing: fit_one_cycle over the first phase, then fastai's
     ``fine_tune(epochs - 1, fine_tune_lr)`` for each later phase: one epoch at fine_tune_lr with
-    pct_start 0.99, then the remaining epochs at fine_tune_lr / 2 with div 5 and pct_start 0.3."""
+    pct_start 0.99, then the remaining epochs at fine_tune_lr / 2 with div 5 and pct_start 0.3.
+    Both cycles start with fresh optimizer state: fine_tune's freeze() and unfreeze() go through
+    ``Learner.freeze_to``, which calls ``opt.clear_state()`` (even when nothing is frozen)."""
     (first_steps, first_epochs), *later = phases
     cycles = [Cycle(first_steps * first_epochs, lr_max, div, div_final, pct_start)]
     for per_epoch, epochs in later:
-        cycles.append(Cycle(per_epoch, fine_tune_lr, div, div_final, pct_start=0.99))
+        cycles.append(Cycle(per_epoch, fine_tune_lr, div, div_final, pct_start=0.99, clear_state=True))
         if epochs > 1:
-            cycles.append(Cycle(per_epoch * (epochs - 1), fine_tune_lr / 2, 5.0, div_final, 0.3))
+            rest = per_epoch * (epochs - 1)
+            cycles.append(Cycle(rest, fine_tune_lr / 2, 5.0, div_final, 0.3, clear_state=True))
     return CycleSchedule(optimizer, cycles, moms)

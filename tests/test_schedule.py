@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from lightning_sota.optim import adam
-from lightning_sota.schedule import Cycle, CycleSchedule, one_cycle
+from lightning_sota.schedule import Cycle, CycleSchedule, fine_tune, one_cycle
 
 
 def make(steps: int = 100, lr: float = 1e-2):
@@ -59,3 +59,23 @@ def test_adam_is_fastais():
     assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
     assert opt.defaults["eps"] == 1e-5 and isinstance(opt, torch.optim.AdamW)
+
+
+def test_fine_tune_clears_adams_state_where_fastai_does():
+    """fastai's progressive run: fit_one_cycle, then fine_tune, whose freeze() and unfreeze()
+    each clear the optimizer state. Adam's step count (its bias correction) therefore runs
+    1..7 over the small phase, then 1..5 over the pct_start=0.99 epoch, then 1..10."""
+    model = nn.Linear(3, 2)
+    opt = adam(model, lr=1e-2)
+    sched = fine_tune(opt, [(7, 1), (5, 3)], lr_max=1e-2)
+    counts, moments = [], []
+    for _ in range(7 + 5 + 10):
+        model(torch.randn(4, 3)).square().mean().backward()
+        opt.step()
+        opt.zero_grad()
+        counts.append(int(opt.state[model.weight]["step"]))
+        moments.append(opt.state[model.weight]["exp_avg"].abs().sum().item())
+        sched.step()
+    assert counts == [*range(1, 8), *range(1, 6), *range(1, 11)]
+    # A fresh first moment is (1 - beta1) * grad: much smaller than one that has accumulated.
+    assert moments[7] < moments[6] and moments[12] < moments[11]
