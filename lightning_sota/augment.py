@@ -47,6 +47,13 @@ def perspective(src: Tensor, dst: Tensor) -> Tensor:
     return torch.cat([h, torch.ones_like(h[:, :1])], 1).view(-1, 3, 3)
 
 
+def logit_lighting(x: Tensor, brightness: Tensor, contrast: Tensor) -> Tensor:
+    """fastai's LightingTfm: Brightness adds logit(b), then Contrast multiplies by c, both in
+    logit space: sigmoid((logit(x) + logit(b)) · c), per image (b = 0.5, c = 1: unchanged)."""
+    shift, scale = torch.logit(brightness).view(-1, 1, 1, 1), contrast.view(-1, 1, 1, 1)
+    return torch.sigmoid((torch.logit(x.clamp(1e-7, 1 - 1e-7)) + shift) * scale)
+
+
 class BatchAugment(nn.Module):
     """uint8 [B, H, W, 3] cache batch -> float [B, 3, size, size] in [0, 1], augmented.
 
@@ -114,10 +121,10 @@ class BatchAugment(nn.Module):
         return m
 
     def warp(self, n: int, device) -> Tensor:
-        """W: fastai's Warp, a perspective moving the corners by up to ``max_warp``."""
-        on = _mask(n, self.p_affine, device)
-        mx = _uniform(n, -self.max_warp, self.max_warp, device) * on
-        my = _uniform(n, -self.max_warp, self.max_warp, device) * on
+        """W: fastai's Warp, a perspective moving the corners by up to ``max_warp``; its x and y
+        magnitudes each with their own p_affine mask (fastai's _WarpCoord draws two masks)."""
+        mx = _uniform(n, -self.max_warp, self.max_warp, device) * _mask(n, self.p_affine, device)
+        my = _uniform(n, -self.max_warp, self.max_warp, device) * _mask(n, self.p_affine, device)
         src = torch.tensor([[-1.0, -1], [-1, 1], [1, -1], [1, 1]], device=device).expand(n, 4, 2)
         dst = torch.stack(
             [
@@ -158,14 +165,13 @@ class BatchAugment(nn.Module):
         return F.grid_sample(x, grid, mode=self.mode, padding_mode=self.pad_mode, align_corners=False)
 
     def lighting(self, x: Tensor) -> Tensor:
-        """fastai's Brightness then Contrast, in logit space, each with p_lighting."""
+        """fastai's Brightness and Contrast, each drawn per image and applied with p_lighting."""
         n, device = len(x), x.device
         lo, hi = 0.5 * (1 - self.max_lighting), 0.5 * (1 + self.max_lighting)
         bright = torch.where(_mask(n, self.p_lighting, device), _uniform(n, lo, hi, device), 0.5)
         log_c = _uniform(n, math.log(1 - self.max_lighting), -math.log(1 - self.max_lighting), device)
         contrast = torch.where(_mask(n, self.p_lighting, device), log_c.exp(), 1.0)
-        shift = torch.logit(bright).view(-1, 1, 1, 1)
-        return torch.sigmoid((torch.logit(x.clamp(1e-7, 1 - 1e-7)) + shift) * contrast.view(-1, 1, 1, 1))
+        return logit_lighting(x, bright, contrast)
 
     def forward(self, batch: dict, train: bool) -> Tensor:
         image = batch["image"]

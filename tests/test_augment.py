@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
-from lightning_sota.augment import BatchAugment, perspective
+from lightning_sota.augment import BatchAugment, logit_lighting, perspective
 
 OFF = dict(min_scale=1.0, p_flip=0.0, max_rotate=0.0, max_zoom=1.0, max_warp=0.0, max_lighting=0.0)
 
@@ -116,26 +115,55 @@ def test_perspective_maps_the_four_points():
     torch.testing.assert_close(pts[:, :2] / pts[:, 2:], dst[0], atol=1e-5, rtol=0)
 
 
-def test_lighting_matches_fastai_logit_formula():
+def test_lighting_is_fastais_brightness_then_contrast():
+    # x = 0.3, b = 0.6, c = 1.2 by hand: logit(0.3) = ln(3/7) = -0.84730, logit(0.6) = ln(1.5) =
+    # 0.40547; (-0.84730 + 0.40547) * 1.2 = -0.53020, sigmoid = 0.37047 (contrast first: 0.35177).
+    x = torch.full((2, 3, 2, 2), 0.3)
+    out = logit_lighting(x, torch.tensor([0.6, 0.5]), torch.tensor([1.2, 1.0]))
+    assert out[0].flatten().tolist() == pytest.approx([0.37047] * 12, abs=1e-5)
+    torch.testing.assert_close(out[1], x[1])  # b = 0.5 and c = 1 leave the image as it is
+
+
+def test_lighting_draws_and_probability_per_image():
     torch.manual_seed(0)
-    aug = BatchAugment(**{**OFF, "max_lighting": 0.2}, p_lighting=1.0)
-    x = torch.full((3000, 3, 2, 2), 0.5)
+    aug = BatchAugment(**{**OFF, "max_lighting": 0.2}, p_lighting=0.3)
+    x = torch.full((4000, 3, 2, 2), 0.3)
     out = aug.lighting(x)[:, 0, 0, 0]
-    # logit(0.5) = 0, so out = sigmoid(logit(b) * c), b ~ U(0.4, 0.6), c in [0.8, 1.25].
-    bound = torch.sigmoid(torch.logit(torch.tensor(0.6)) * 1.25)
-    assert out.max() <= bound + 1e-6 and out.min() >= 1 - bound - 1e-6
-    assert out.std() > 0.02  # drawn per image
-    assert abs(out.mean() - 0.5) < 0.01
+    # Brightness and Contrast each apply with p 0.3, independently: (1 - 0.3)^2 untouched.
+    assert abs((out == x[0, 0, 0, 0]).float().mean() - 0.49) < 0.03
+    # The extremes by hand: b in [0.4, 0.6], c in [0.8, 1.25].
+    logit = math.log(0.3 / 0.7)
+    hi = 1 / (1 + math.exp(-(logit + math.log(1.5)) * 0.8))  # brighter, contrast lowered
+    lo = 1 / (1 + math.exp(-(logit - math.log(1.5)) * 1.25))  # darker, contrast raised
+    assert lo - 1e-6 <= out.min() < lo + 0.01 and hi - 0.01 < out.max() <= hi + 1e-6
+
+
+def test_warp_masks_x_and_y_independently():
+    torch.manual_seed(0)
+    aug = BatchAugment(max_warp=0.2, p_affine=0.75)
+    w = aug.warp(8000, "cpu")
+    # The corner (-1, -1) moves to (-1 - my, -1 - mx): each offset is zero with p 0.25 on its own.
+    corner = torch.tensor([-1.0, -1.0, 1.0]) @ w.transpose(1, 2)
+    moved = corner[:, :2] / corner[:, 2:] + 1
+    still_x, still_y = moved[:, 1].abs() < 1e-6, moved[:, 0].abs() < 1e-6
+    assert abs(still_x.float().mean() - 0.25) < 0.02 and abs(still_y.float().mean() - 0.25) < 0.02
+    assert abs((still_x & still_y).float().mean() - 0.0625) < 0.01  # fastai: 1/16 unwarped
 
 
 @pytest.mark.parametrize("size", [16, 48])
-def test_augmented_statistics_stay_close_to_the_source(size):
+def test_crop_position_moves_across_the_long_side(size):
+    """The presize crop and RandomResizedCrop place the view anywhere along a 40x53 image: on a
+    horizontal ramp the mean of each view moves with it. By hand: the square's side is
+    40·sqrt(U(0.75, 1)) ≈ 37.4, its centre uniform over a span of 53 - 37.4 = 15.6 px, so the
+    view's mean ramp value has a std of about 15.6 / 53 / sqrt(12) = 0.085 (flips mirror it,
+    rotation, zoom and warp add a little); the fixed centre crop has none."""
     torch.manual_seed(0)
-    rng = np.random.default_rng(0)
-    img = torch.from_numpy(rng.integers(60, 200, (32, 40, 53, 3), dtype=np.uint8))
-    out = BatchAugment()(batch(img, (0, 0, 40, 53), size=size), train=True)
-    src_mean = img.float().mean() / 255
-    assert abs(out.mean() - src_mean) < 0.03
+    img = gradient(2000, 40, 53)
+    aug = BatchAugment(max_lighting=0.0)
+    views = aug(batch(img, (0, 0, 40, 53), size=size), train=True)[:, 0].mean((1, 2))
+    assert 0.07 < views.std() < 0.11 and abs(views.mean() - 0.5) < 0.01
+    centre = aug(batch(img, (0, 0, 40, 53), size=size), train=False)[:, 0].mean((1, 2))
+    assert centre.std() < 1e-6
 
 
 @pytest.mark.parametrize("train", [False, True])

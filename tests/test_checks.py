@@ -6,17 +6,10 @@ import subprocess
 import sys
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 from lightning_sota.checks import ConfigError, check_config
-from lightning_sota.train import CONFIG_DIR
 
-from .conftest import ROOT
-
-
-def config(*overrides: str):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+from .conftest import ROOT, config
 
 
 @pytest.mark.parametrize(

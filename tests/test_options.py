@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import math
 import subprocess
 import sys
 from pathlib import Path
@@ -11,18 +10,13 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from lightning_sota.checks import ConfigError, check_config
-from lightning_sota.train import CONFIG_DIR, build, resumed_config
+from lightning_sota.train import build, resumed_config
 
-from .conftest import MINI, ROOT
-
-
-def config(*overrides: str):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+from .conftest import MINI, ROOT, config
+from .test_schedule import one_cycle_lr
 
 
 def resolved(cfg) -> dict:
@@ -38,16 +32,6 @@ def smoke(tmp_path: Path, *overrides: str):
         f"logger.csv.save_dir={tmp_path / 'run'}",
         *overrides,
     )
-
-
-def one_cycle_lr(step: int, steps: int, lr_max: float = 3e-3, pct: float = 0.25) -> float:
-    """fit_one_cycle's lr at ``step`` of ``steps``, written out from fastai's SchedCos formula."""
-    pos = step / steps
-    if pos < pct:
-        start, end, p = lr_max / 25, lr_max, pos / pct
-    else:
-        start, end, p = lr_max, lr_max / 1e5, (pos - pct) / (1 - pct)
-    return start + (1 + math.cos(math.pi * (1 - p))) * (end - start) / 2
 
 
 @pytest.mark.slow

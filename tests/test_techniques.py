@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
 from torch import nn
 
 from lightning_sota.mix import CutMix, MixUp, mixed_loss
@@ -14,6 +15,8 @@ from lightning_sota.normalize import Normalize
 from lightning_sota.schedule import fine_tune, one_cycle
 from lightning_sota.tta import TestTimeAugmentation as TTA
 from lightning_sota.tta import combine
+
+from .conftest import config
 
 
 def test_label_smoothing_targets_and_loss():
@@ -26,9 +29,10 @@ def test_label_smoothing_targets_and_loss():
     logp = logits.log_softmax(1)
     by_targets = -(targets * logp).sum(1)
     fastai = (eps / n) * (-logp).sum(1) + (1 - eps) * F.nll_loss(logp, y, reduction="none")
-    ours = nn.CrossEntropyLoss(label_smoothing=0.1, reduction="none")(logits, y)  # conf/loss
-    torch.testing.assert_close(ours, by_targets)
-    torch.testing.assert_close(ours, fastai)
+    ours = instantiate(config("+experiment=label_smoothing").loss)  # what the experiment trains with
+    torch.testing.assert_close(ours(logits, y), by_targets)
+    torch.testing.assert_close(ours(logits, y), fastai)
+    assert ours(logits, y).shape == (5,)  # one loss per image, for MixUp's λ weighting
 
 
 def test_mixup_lambda_partner_and_interpolation():
@@ -140,7 +144,7 @@ def test_tta_callback_equals_the_formula_on_a_fixed_model():
     got = TTA(n=4, beta=0.25).predict(module, batch, centre)
     torch.manual_seed(3)
     passes = torch.stack([module.predict_probs(module.prepare(batch, True)) for _ in range(4)])
-    torch.testing.assert_close(got, torch.lerp(passes.mean(0), centre, 0.25))
+    torch.testing.assert_close(got, 0.75 * passes.mean(0) + 0.25 * centre)  # Learner.tta's beta
     assert not torch.allclose(got, centre)  # the augmented passes did change something
     flip = TTA(mode="flip", beta=0.5).predict(module, batch, centre)
     flipped = module.predict_probs(module.prepare(batch, False).flip(-1))
