@@ -37,6 +37,35 @@ def sweep(tmp_path_factory):
 
 
 @pytest.mark.slow
+def test_baseline_learns_and_writes_the_contract(sweep):
+    run = sweep / "baseline"
+    res = json.loads((run / "results.json").read_text())
+    assert res["experiment"] == "baseline" and res["arch"] == "xresnet18" and res["epochs"] == 2
+    assert res["phases"] == [{"size": 32, "batch_size": 32, "epochs": 2}]
+    assert res["dataset"]["train"] == 500 and res["dataset"]["val"] == 200
+    assert res["dataset"]["skipped"] == [] and res["device"] == "cpu"
+    assert res["precision"] == "bf16-mixed" and res["tta_acc"] is None
+    hist = res["history"]
+    assert [h["epoch"] for h in hist] == [0, 1] and all(h["size"] == 32 for h in hist)
+    # Every epoch trained 15 full batches of 32 (drop_last) and scored each val image once.
+    assert all((h["train_images"], h["val_images"]) == (15 * 32, 200) for h in hist)
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"]  # it learns
+    assert res["val_acc"] == hist[-1]["val_acc"] > 0.1 and res["best_val_acc"] >= res["val_acc"]
+    # The first job of the sweep built the cache; the others reused it.
+    assert res["train_seconds"] > 0 and res["cache_seconds"] > 0 and res["train_images_per_second"] > 0
+    assert json.loads((sweep / "normalize" / "results.json").read_text())["cache_seconds"] == 0
+
+    assert (run / ".hydra" / "config.yaml").exists()
+    header = (run / "metrics.csv").read_text().splitlines()[0]
+    assert {"epoch", "train_loss", "val_loss", "val_acc"} <= set(header.split(","))
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    # The schedule was sized for exactly the steps taken: 500 // 32 = 15 per epoch.
+    assert ckpt["global_step"] == 30
+    sched = ckpt["lr_schedulers"][0]
+    assert sched["last_epoch"] == 30 and sum(c["steps"] for c in sched["cycles"]) == 30
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_at_smoke_scale(experiment, sweep):
     res = json.loads((sweep / experiment / "results.json").read_text())
