@@ -6,11 +6,15 @@ random-resized crop, flip, rotation, zoom and warp, all folded into one 3x3 homo
 so a batch costs a single ``grid_sample`` from the presized uint8 cache straight to the output
 size, and the same code runs on CPU and CUDA.
 
-Coordinates are normalised to [-1, 1] (``align_corners=False``). For an output point ``p`` the
-source point is ``C · S · W · A · p``: ``A`` fastai's affine (flip @ rotate @ zoom), ``W`` its
-perspective warp, ``S`` a transpose for images stored transposed, ``C`` the crop inside the
-cached box. Then fastai's lighting (brightness and contrast in logit space); Normalize
-follows in normalize.py.
+Coordinates are normalised to [-1, 1] (``align_corners=False``). The order is fastai's: an
+output point ``p`` is cropped first (``R``, RandomResizedCropGPU within the presized square), then
+goes through the affine ``A`` (flip @ rotate @ zoom, about the square's centre) and the warp
+``W``, all in the square's coordinates; points that leave the square are reflected back into it
+(fastai pads the presized item by reflection); then ``S`` (a transpose for images stored
+transposed) and ``P`` (where the square lies in the cached image: fastai's ``Resize`` crop) map
+them into the cache array. fastai draws one RandomResizedCrop per batch; here every image gets
+its own. Then fastai's lighting (brightness and contrast in logit space); Normalize follows in
+normalize.py.
 """
 
 from __future__ import annotations
@@ -79,20 +83,18 @@ class BatchAugment(nn.Module):
         self.min_scale, self.p_flip, self.max_rotate = min_scale, p_flip, max_rotate
         self.min_zoom, self.max_zoom, self.max_warp = min_zoom, max_zoom, max_warp
         self.p_affine, self.max_lighting, self.p_lighting = p_affine, max_lighting, p_lighting
+        if pad_mode not in ("reflection", "border"):
+            raise ValueError(f"augment.pad_mode={pad_mode!r}: use reflection (fastai's) or border")
         self.mode, self.pad_mode = mode, pad_mode
 
-    # -- the four parts of the homography ---------------------------------------------------
-    def crop(self, box: Tensor, hw: tuple[int, int], train: bool) -> Tensor:
-        """C: a square crop of the real pixels ``box`` (top, left, h, w; h <= w) in an H×W array.
-
-        Train: fastai's presize random crop along the long side, then RandomResizedCrop with
-        area fraction U(min_scale, 1) of that square, fused into one square crop. Valid: the
-        centre square."""
+    # -- the parts of the geometry ----------------------------------------------------------
+    def square(self, box: Tensor, hw: tuple[int, int], train: bool) -> Tensor:
+        """P: fastai's ``Resize(presize)`` crop, the square of side min(h, w) of the real pixels
+        ``box`` (top, left, h, w; h <= w) in an H×W array, at a uniform position along the long
+        side (train) or centred (valid); it maps the square's [-1, 1] coordinates to the array's."""
         n, device = len(box), box.device
         top, left, h, w = box.unbind(1)
         side = torch.minimum(h, w)
-        if train and self.min_scale < 1:
-            side = side * _uniform(n, self.min_scale, 1.0, device).sqrt()
         frac_y = torch.rand(n, device=device) if train else torch.full((n,), 0.5, device=device)
         frac_x = torch.rand(n, device=device) if train else torch.full((n,), 0.5, device=device)
         cy = top + side / 2 + frac_y * (h - side)
@@ -101,6 +103,16 @@ class BatchAugment(nn.Module):
         m = _eye(n, device)
         m[:, 0, 0], m[:, 0, 2] = side / big_w, 2 * cx / big_w - 1
         m[:, 1, 1], m[:, 1, 2] = side / big_h, 2 * cy / big_h - 1
+        return m
+
+    def resized_crop(self, n: int, device) -> Tensor:
+        """R: RandomResizedCropGPU(min_scale, ratio 1:1) inside the square: a square of area
+        fraction U(min_scale, 1) at a uniform position (fastai's random top-left corner)."""
+        side = _uniform(n, self.min_scale, 1.0, device).sqrt()
+        m = _eye(n, device)
+        m[:, 0, 0] = m[:, 1, 1] = side
+        m[:, 0, 2] = (1 - side) * _uniform(n, -1.0, 1.0, device)
+        m[:, 1, 2] = (1 - side) * _uniform(n, -1.0, 1.0, device)
         return m
 
     def affine(self, n: int, device) -> Tensor:
@@ -145,24 +157,29 @@ class BatchAugment(nn.Module):
         return torch.where(transposed.view(-1, 1, 1), swap, m)
 
     # -- the batch --------------------------------------------------------------------------
-    def homography(self, box: Tensor, transposed: Tensor, hw: tuple[int, int], train: bool) -> Tensor:
-        m = self.crop(box, hw, train) @ self.transpose(transposed)
-        if train:
-            n, device = len(box), box.device
-            m = m @ self.warp(n, device) @ self.affine(n, device)
-        return m
-
-    def sample(self, image: Tensor, matrix: Tensor, size: int) -> Tensor:
-        """One grid_sample of uint8 NHWC ``image`` through per-image homographies ``matrix``."""
+    def sample(self, image: Tensor, box: Tensor, transposed: Tensor, size: int, train: bool) -> Tensor:
+        """One grid_sample of uint8 NHWC ``image`` to ``size`` px through the whole geometry."""
         n, device = len(image), image.device
         line = (torch.arange(size, device=device, dtype=torch.float32) * 2 + 1) / size - 1
         ys, xs = torch.meshgrid(line, line, indexing="ij")
-        base = torch.stack([xs, ys, torch.ones_like(xs)], -1).view(1, -1, 3)
-        pts = base @ matrix.transpose(1, 2)  # [B, size*size, 3]
-        grid = (pts[..., :2] / pts[..., 2:]).view(n, size, size, 2)
+        points = torch.stack([xs, ys, torch.ones_like(xs)], -1).view(1, -1, 3).expand(n, -1, 3)
+        if train:  # in the square: crop, then affine and warp (a homography), then the padding
+            inner = self.warp(n, device) @ self.affine(n, device) @ self.resized_crop(n, device)
+            q = points @ inner.transpose(1, 2)
+            points = torch.cat([self.pad(q[..., :2] / q[..., 2:]), torch.ones_like(q[..., 2:])], -1)
+        outer = self.square(box, image.shape[1:3], train) @ self.transpose(transposed)
+        grid = (points @ outer.transpose(1, 2))[..., :2].reshape(n, size, size, 2)
         # NHWC uint8 permuted is NCHW in channels_last layout: no copy beyond the float cast.
         x = image.permute(0, 3, 1, 2).float()
-        return F.grid_sample(x, grid, mode=self.mode, padding_mode=self.pad_mode, align_corners=False)
+        return F.grid_sample(x, grid, mode=self.mode, padding_mode="border", align_corners=False)
+
+    def pad(self, q: Tensor) -> Tensor:
+        """Points that left the square [-1, 1]², brought back as fastai pads the presized item:
+        reflected at its edges, or clamped to them (``border``)."""
+        if self.pad_mode == "border":
+            return q.clamp(-1, 1)
+        folded = torch.remainder(q + 1, 4)
+        return torch.where(folded > 2, 4 - folded, folded) - 1
 
     def lighting(self, x: Tensor) -> Tensor:
         """fastai's Brightness and Contrast, each drawn per image and applied with p_lighting."""
@@ -178,8 +195,7 @@ class BatchAugment(nn.Module):
         # Lightning runs the step under autocast; in bf16 the homographies and the grid would be
         # off by up to a source pixel (and the view would differ from predict.py's fp32 one).
         with torch.autocast(image.device.type, enabled=False):
-            matrix = self.homography(batch["box"].float(), batch["transposed"], image.shape[1:3], train)
-            x = self.sample(image, matrix, int(batch["size"])) / 255
+            x = self.sample(image, batch["box"].float(), batch["transposed"], int(batch["size"]), train) / 255
             if train and self.max_lighting > 0 and self.p_lighting > 0:
                 x = self.lighting(x)
         return x

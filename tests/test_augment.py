@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -91,11 +92,14 @@ def test_random_crops_stay_inside_the_real_pixels():
 def test_crop_area_follows_min_scale():
     torch.manual_seed(0)
     aug = BatchAugment(min_scale=0.25)
-    box = torch.tensor([[0.0, 0, 100, 100]] * 2000)
-    m = aug.crop(box, (100, 100), train=True)
+    m = aug.resized_crop(2000, "cpu")
     area = (m[:, 0, 0] ** 2).numpy()  # side fraction squared = area fraction of the square
     assert area.min() >= 0.25 - 1e-6 and area.max() <= 1
     assert abs(area.mean() - 0.625) < 0.02  # U(0.25, 1)
+    # fastai's random top-left corner: the crop lies inside the square, its centre uniform.
+    side, centre = m[:, 0, 0], m[:, 0, 2]
+    assert ((centre - side).min() >= -1 - 1e-6) and ((centre + side).max() <= 1 + 1e-6)
+    assert abs((centre / (1 - side)).std() - 2 / math.sqrt(12)) < 0.03
 
 
 def test_rotation_angles_and_probability():
@@ -183,3 +187,52 @@ def test_geometry_is_fp32_under_bf16_autocast(train):
         mixed = aug(b, train=train)
     assert mixed.dtype == torch.float32
     assert (mixed - fp32).abs().max() * 255 < 0.5
+
+
+def test_rotation_turns_the_presized_square_about_its_centre():
+    """fastai rotates the presized item, then crops: on a pattern that is radial about the
+    square's centre (flat beyond r = 0.8) rotating changes nothing, whatever the crop. Cropping
+    first and rotating about the crop's own centre would turn an off-centre pattern."""
+    yy, xx = torch.meshgrid(torch.arange(120.0), torch.arange(120.0), indexing="ij")
+    r = ((xx + 0.5 - 60) ** 2 + (yy + 0.5 - 60) ** 2).sqrt() / 60
+    radial = (250 * r.clamp(max=0.8) / 0.8).round().to(torch.uint8)
+    image = radial[None, :, :, None].expand(64, 120, 120, 3).contiguous()
+    views = []
+    for degrees in (10.0, 0.0):
+        aug = BatchAugment(**{**OFF, "min_scale": 0.3, "max_rotate": degrees}, p_affine=1.0)
+        torch.manual_seed(0)  # the same crops: rotation draws the same number of values
+        views.append(aug(batch(image, (0, 0, 120, 120), size=24), train=True))
+    assert (views[0] - views[1]).abs().max() * 255 < 4
+
+
+def test_points_leaving_the_square_are_reflected_into_it():
+    q = torch.tensor([[1.2, -1.3], [3.5, 0.25], [-0.4, 0.999]])
+    want = torch.tensor([[0.8, -0.7], [-0.5, 0.25], [-0.4, 0.999]])
+    torch.testing.assert_close(BatchAugment().pad(q), want)
+    torch.testing.assert_close(BatchAugment(pad_mode="border").pad(q), q.clamp(-1, 1))
+    # Rotated corners leave the square: they show the square again, never what lies beyond it
+    # in the cache (250 here; at most half of an edge pixel's neighbour mixes in bilinearly).
+    image = torch.full((32, 50, 50, 3), 250, dtype=torch.uint8)
+    image[:, 5:45, 5:45] = 100
+    aug = BatchAugment(**{**OFF, "max_rotate": 10.0}, p_affine=1.0)
+    out = aug(batch(image, (5, 5, 40, 40), size=40), train=True) * 255
+    assert out.max() < 176 and (out > 101).float().mean() < 0.05
+    with pytest.raises(ValueError, match="pad_mode='zeros'"):
+        BatchAugment(pad_mode="zeros")
+
+
+def test_crop_offset_is_fastais_resize_offset_plus_its_random_resized_crop_offset():
+    """On a 40x80 ramp the view's centre is the Resize square's (uniform over the 40 px of
+    slack) plus RandomResizedCrop's inside it (uniform over (1 - s) of the half side, s =
+    sqrt(U(0.25, 1))): a model of fastai's two draws, simulated here in numpy."""
+    torch.manual_seed(0)
+    ramp = (torch.arange(80) * 3).to(torch.uint8)
+    image = ramp[None, None, :, None].expand(4000, 40, 80, 3).contiguous()
+    aug = BatchAugment(**{**OFF, "min_scale": 0.25})
+    out = aug(batch(image, (0, 0, 40, 80), size=16), train=True)
+    centre = (out[:, 0].mean((1, 2)) * 255 / 3 + 0.5).numpy()  # the view's centre, in pixels
+    rng = np.random.default_rng(0)
+    s = np.sqrt(rng.uniform(0.25, 1, 10**6))
+    model = 20 + 40 * rng.uniform(0, 1, 10**6) + 20 * (1 - s) * rng.uniform(-1, 1, 10**6)
+    assert abs(centre.mean() - 40) < 0.5
+    assert abs(centre.std() / model.std() - 1) < 0.04  # one uniform over the slack: +19%
