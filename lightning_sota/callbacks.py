@@ -55,7 +55,7 @@ class History(pl.Callback):
     def on_validation_batch_end(
         self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
     ) -> None:
-        if not trainer.sanity_checking:
+        if not trainer.sanity_checking and dataloader_idx == 0:  # loader 1 is the holdout
             self._images["val"] += len(batch["label"])
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
@@ -84,6 +84,7 @@ class History(pl.Callback):
                 "train_loss": value("train_loss"),
                 "val_loss": value("val_loss"),
                 "val_acc": value("val_acc"),
+                "holdout_acc": value("holdout_acc"),
                 "seconds": round(time.perf_counter() - self._epoch_start, 2),  # training and validation
             }
         )

@@ -66,6 +66,10 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"loss.label_smoothing={eps}: must be in [0, 1)")
     if not 0 < cfg.augment.min_scale <= 1:
         raise ConfigError(f"augment.min_scale={cfg.augment.min_scale}: must be in (0, 1]")
+    if not 0 <= cfg.data.get("holdout", 0) < 1:
+        raise ConfigError(f"data.holdout={cfg.data.holdout}: must be a fraction in [0, 1)")
+    if cfg.augment.pad_mode not in ("reflection", "border"):
+        raise ConfigError(f"augment.pad_mode={cfg.augment.pad_mode!r}: use reflection (fastai's) or border")
     if cfg.tta and cfg.tta.n < 1:
         raise ConfigError(f"tta.n={cfg.tta.n}: must be >= 1")
     check_trainer(cfg)

@@ -113,6 +113,8 @@ class ImagenetteDataModule(pl.LightningDataModule):
         workers: int = 0,
         val_batch_size: int | None = None,
         seed: int = 0,
+        holdout: float = 0.0,
+        holdout_seed: int = 0,
     ) -> None:
         super().__init__()
         self.root_arg = root
@@ -122,6 +124,7 @@ class ImagenetteDataModule(pl.LightningDataModule):
         self.cache_dir, self.cache_workers, self.workers = cache_dir, cache_workers, workers
         self.val_batch_size = val_batch_size
         self.seed = seed
+        self.holdout, self.holdout_seed = holdout, holdout_seed
         self.epoch = 0
         self.cache_seconds = 0.0
         self._ready = False
@@ -188,17 +191,23 @@ class ImagenetteDataModule(pl.LightningDataModule):
             log.warning("skipped %d unreadable images: %s", len(self.skipped), ", ".join(self.skipped))
         self.train_index = np.flatnonzero(~bad)
         self.val_index = np.flatnonzero(~bad_val)
+        # Recipes are selected on a part of train, never on the val split they are reported on.
+        self.train_index, self.holdout_index = stratified_split(
+            self.train_index, train_labels, self.holdout, self.holdout_seed
+        )
         self.train_caches, self.val_caches = train_caches, val_caches
         self.train_labels, self.val_labels = train_labels, val_labels
         self._ready = True
 
-    def _loader(self, train: bool, size: int, batch_size: int) -> DataLoader:
-        if train:
-            dataset = CachedImages(self.train_caches[size], self.train_labels, size)
-            index = self.train_index
-        else:
-            dataset = CachedImages(self.val_caches[size], self.val_labels, size)
-            index = self.val_index
+    def _loader(self, split: str, size: int, batch_size: int) -> DataLoader:
+        """``train`` (shuffled, augmented), ``val`` (the reported split) or ``holdout`` (the
+        selection split: held-out train images, scored like val)."""
+        train = split == "train"
+        caches, labels = (
+            (self.val_caches, self.val_labels) if split == "val" else (self.train_caches, self.train_labels)
+        )
+        dataset = CachedImages(caches[size], labels, size)
+        index = {"train": self.train_index, "val": self.val_index, "holdout": self.holdout_index}[split]
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         batches = ShardedBatches(index, batch_size, train, self.seed, self.current_epoch(), rank, world)
         return DataLoader(
@@ -211,23 +220,44 @@ class ImagenetteDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         phase = self.current_phase()
-        return self._loader(True, phase.size, phase.batch_size)
+        return self._loader("train", phase.size, phase.batch_size)
 
-    def val_dataloader(self) -> DataLoader:
+    def _scoring_loader(self, split: str) -> DataLoader:
         phase = self.current_phase()
-        return self._loader(False, phase.size, self.val_batch_size or 2 * phase.batch_size)
+        return self._loader(split, phase.size, self.val_batch_size or 2 * phase.batch_size)
+
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The val split; with a holdout, the holdout too (dataloader_idx 1)."""
+        val = self._scoring_loader("val")
+        return [val, self._scoring_loader("holdout")] if len(self.holdout_index) else val
 
     def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
+        return self._scoring_loader("val")
 
     def summary(self) -> dict:
         return {
             "root": str(self.root),
             "train": len(self.train_index),
             "val": len(self.val_index),
+            "holdout": len(self.holdout_index),
+            "holdout_seed": self.holdout_seed if len(self.holdout_index) else None,
             "classes": self.classes,
             "skipped": self.skipped,
         }
+
+
+def stratified_split(
+    index: np.ndarray, labels: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, held out): ``round(fraction · n)`` of each class's n images held out, drawn by
+    ``seed`` alone (not the training seed: every run of a sweep selects on the same images)."""
+    rng = np.random.default_rng(seed)
+    held = [
+        rng.permutation(members)[: round(fraction * len(members))]
+        for members in (index[labels[index] == c] for c in np.unique(labels[index]))
+    ]
+    held_out = np.sort(np.concatenate(held)) if held else np.empty(0, np.int64)
+    return np.setdiff1d(index, held_out), held_out
 
 
 class ShardedBatches:

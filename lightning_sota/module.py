@@ -49,6 +49,7 @@ class ImageClassifier(pl.LightningModule):
         self.optimizer_factory, self.schedule_factory, self.mix = optimizer, schedule, mix
         self.channels_last = channels_last
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.holdout_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
 
     def prepare(self, batch: dict, train: bool) -> Tensor:
@@ -82,18 +83,15 @@ class ImageClassifier(pl.LightningModule):
         )
         return loss
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Loader 0 is the val split (reported); loader 1, when there is one, the holdout
+        (selection): ``val_*`` and ``holdout_*`` metrics."""
+        split, accuracy = ("val", self.val_acc) if dataloader_idx == 0 else ("holdout", self.holdout_acc)
         logits, y = self.model(self.prepare(batch, train=False)), batch["label"]
-        self.log(
-            "val_loss",
-            self.loss(logits, y).mean(),
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=len(y),
-            sync_dist=True,
-        )
-        self.val_acc(logits, y)
-        self.log("val_acc", self.val_acc, on_epoch=True, prog_bar=True, batch_size=len(y))
+        log = dict(on_epoch=True, prog_bar=True, batch_size=len(y), add_dataloader_idx=False)
+        self.log(f"{split}_loss", self.loss(logits, y).mean(), sync_dist=True, **log)
+        accuracy(logits, y)
+        self.log(f"{split}_acc", accuracy, **log)
 
     def test_step(self, batch: dict, batch_idx: int) -> Tensor:
         """The centre prediction; a TestTimeAugmentation callback adds its augmented passes."""

@@ -38,7 +38,18 @@ def summarize(
     normalize: dict | None,
 ) -> dict:
     accs = [row["val_acc"] for row in history if row["val_acc"] is not None]
+    holdout = [row["holdout_acc"] for row in history if row.get("holdout_acc") is not None]
     step_seconds = max(train_seconds - val_seconds, 1e-9)
+    held = dataset.get("holdout", 0)
+    # Which images each accuracy was measured on; selection (sweeps, recipe tuning) reads
+    # holdout_acc when there is one, so the val split stays a report.
+    splits = {"val_acc": f"val: the official validation split ({dataset['val']} images)"}
+    splits["tta_acc"] = splits["val_acc"]
+    if held:
+        seed = dataset["holdout_seed"]
+        splits["holdout_acc"] = (
+            f"holdout: {held} train images, stratified by class, seed {seed}, not trained on"
+        )
     return {
         "experiment": name,
         "seed": seed,
@@ -48,6 +59,9 @@ def summarize(
         "val_acc": accs[-1] if accs else None,
         "tta_acc": tta_acc,
         "best_val_acc": max(accs) if accs else None,
+        "holdout_acc": holdout[-1] if holdout else None,
+        "selected_on": "holdout_acc" if held else "val_acc",
+        "splits": splits,
         "history": history,
         "train_seconds": round(train_seconds, 2),
         "cache_seconds": round(cache_seconds, 2),

@@ -41,6 +41,7 @@ OmegaConf.register_new_resolver(
     "ls.if_null", lambda value, then, otherwise: then if value is None else otherwise, replace=True
 )
 
+
 # The loader gathers whole batches from a memory map in the main process on purpose.
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 # Lightning advertises its cloud logger at every Trainer start.
@@ -229,11 +230,13 @@ def run(cfg: DictConfig) -> float | None:
     done = run_dir / "results.json"
     if cfg.skip_completed and is_complete(done):
         log.info("skipped: %s is complete", done)
-        return json.loads(done.read_text())["val_acc"]
+        results = json.loads(done.read_text())
+        return results[results.get("selected_on", "val_acc")]
     if ckpt_path:  # the steps after the checkpoint run again: their metrics.csv rows go
         keep_rows_before(run_dir, ckpt["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"])
     log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
-    return train(cfg, run_dir, ckpt_path)["val_acc"]
+    results = train(cfg, run_dir, ckpt_path)
+    return results[results["selected_on"]]  # what a sweeper maximises: the holdout when there is one
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import torch
 
 from lightning_sota.acquire import DataError
 from lightning_sota.augment import BatchAugment
-from lightning_sota.data import ImagenetteDataModule, Phase, scan_split
+from lightning_sota.data import ImagenetteDataModule, Phase, scan_split, stratified_split
 
 from .conftest import write_image
 
@@ -83,3 +83,32 @@ def test_non_images_ignored_and_bad_layouts_named(tmp_path):
     (root / "train" / "c").mkdir()
     with pytest.raises(DataError, match="holds no images"):
         scan_split(root / "train")
+
+
+def test_holdout_is_stratified_seeded_and_never_trained_on(mini, tmp_path):
+    labels = np.repeat(np.arange(10), 50)
+    index = np.arange(500)
+    kept, held = stratified_split(index, labels, 0.1, seed=0)
+    assert np.bincount(labels[held]).tolist() == [5] * 10  # 10% of every class
+    assert len(np.intersect1d(kept, held)) == 0 and sorted([*kept, *held]) == list(range(500))
+    assert np.array_equal(stratified_split(index, labels, 0.1, seed=0)[1], held)
+    assert not np.array_equal(stratified_split(index, labels, 0.1, seed=1)[1], held)
+    assert len(stratified_split(index, labels, 0.0, seed=0)[1]) == 0
+
+    dm = ImagenetteDataModule(
+        root=str(mini),
+        phases=[{"size": 32, "batch_size": 16, "epochs": 1}],
+        download=False,
+        cache_dir=str(tmp_path / "cache"),
+        holdout=0.1,
+        seed=7,  # the training seed does not move the holdout
+    )
+    dm.setup("fit")
+    assert (len(dm.train_index), len(dm.holdout_index), len(dm.val_index)) == (450, 50, 200)
+    assert np.array_equal(dm.holdout_index, held)  # the mini set's labels are 50 per class, in order
+    val, holdout = dm.val_dataloader()
+    assert sum(len(b["label"]) for b in val) == 200 and sum(len(b["label"]) for b in holdout) == 50
+    trained = {i for batch in dm.train_dataloader().sampler for i in batch}
+    assert len(trained) == 450 // 16 * 16 and not trained & set(held.tolist())
+    assert sorted(i for batch in holdout.sampler for i in batch) == held.tolist()
+    assert dm.summary()["holdout"] == 50 and dm.summary()["holdout_seed"] == 0

@@ -147,16 +147,15 @@ def train_cli(project: Path, environ: dict, argv: list[str]) -> None:
     if "hparams_search=optuna" in args:
         count = int(next(a for a in args if a.startswith("hydra.sweeper.n_trials=")).split("=")[1])
     runs = assert_complete_runs(results(project, pattern) - before, count)
-    if "hparams_search=optuna" in args:  # the study's best is the best trial's val_acc
+    if "hparams_search=optuna" in args:  # the study's best is the best trial's holdout_acc
         (sweep,) = set(project.glob("outputs/multiruns/*")) - sweeps
         best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
-        assert set(best["best_params"]) == {
-            "optim.lr",
-            "optim.weight_decay",
-            "mix.alpha",
-            "loss.label_smoothing",
-        }
-        assert best["best_value"] == max(r["val_acc"] for r in runs)
+        searched = {"optim.lr", "optim.weight_decay", "mix.alpha", "loss.label_smoothing"}
+        assert set(best["best_params"]) == searched
+        for r in runs:  # 5 of each class's 50 train images held out, scored every epoch
+            assert r["selected_on"] == "holdout_acc" and r["splits"]["holdout_acc"].startswith("holdout: 50")
+            assert r["dataset"]["train"] == 450 and all(h["holdout_acc"] is not None for h in r["history"])
+        assert best["best_value"] == max(r["holdout_acc"] for r in runs)
     experiments = next((a.split("=")[1].split(",") for a in args if a.startswith("+experiment=")), None)
     if experiments and not multirun:
         assert runs[0]["experiment"] == experiments[0]
