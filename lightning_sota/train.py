@@ -42,6 +42,18 @@ OmegaConf.register_new_resolver(
 )
 
 
+def fast_precision(accelerator: str) -> str:
+    """bf16-mixed where the device computes bf16 natively; else 16-mixed on a GPU and 32-true
+    on a CPU (emulated bf16 on a CPU without AVX-512 BF16 or AMX trained xresnet18 at 59
+    images/s here, fp32 at 103)."""
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "16-mixed"
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return "bf16-mixed" if native else "32-true"
+
+
+OmegaConf.register_new_resolver("ls.fast_precision", fast_precision, replace=True)
+
 # The loader gathers whole batches from a memory map in the main process on purpose.
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 # Lightning advertises its cloud logger at every Trainer start.
