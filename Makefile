@@ -30,10 +30,11 @@ $(BENCH_STAMP): $(STAMP)
 train: install
 	$(PY) train.py $(ARGS)
 
-test: install
+# The tests compare our optimizers with fastai's own: they need the bench extra.
+test: install-bench
 	$(PY) -m pytest $(ARGS)
 
-test-fast: install
+test-fast: install-bench
 	$(PY) -m pytest -m "not slow" $(ARGS)
 
 # The chapter's table: experiments x seeds as one Hydra multirun, then the report. A rerun skips

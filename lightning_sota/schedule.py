@@ -37,13 +37,17 @@ class Cycle:
 
 
 class CycleSchedule(LRScheduler):
-    """Learning rate and Adam's beta1 (momentum) for every optimizer step of ``cycles``."""
+    """Learning rate and Adam's beta1 (momentum) for every optimizer step of ``cycles``;
+    ``moms=None`` leaves the momentum at the optimizer's own (fastai's fit_flat_cos)."""
 
     def __init__(
-        self, optimizer: Optimizer, cycles: list[Cycle], moms: tuple[float, float, float] = (0.95, 0.85, 0.95)
+        self,
+        optimizer: Optimizer,
+        cycles: list[Cycle],
+        moms: tuple[float, float, float] | None = (0.95, 0.85, 0.95),
     ) -> None:
         self.cycles = [asdict(c) for c in cycles]  # plain dicts: checkpoints load weights_only
-        self.moms = list(moms)
+        self.moms = None if moms is None else list(moms)
         super().__init__(optimizer)
 
     @property
@@ -56,7 +60,7 @@ class CycleSchedule(LRScheduler):
         starts = [sum(c["steps"] for c in self.cycles[:i]) for i in range(len(self.cycles))]
         return {start for start, c in zip(starts, self.cycles, strict=True) if c["clear_state"]}
 
-    def values(self, step: int) -> tuple[float, float]:
+    def values(self, step: int) -> tuple[float, float | None]:
         """(lr, momentum) at optimizer step ``step`` (0-based); past the end, the final values."""
         for c in self.cycles:
             if step < c["steps"] or c is self.cycles[-1]:
@@ -64,16 +68,19 @@ class CycleSchedule(LRScheduler):
                 lr = one_cycle_value(
                     pos, c["lr_max"] / c["div"], c["lr_max"], c["lr_max"] / c["div_final"], c["pct_start"]
                 )
-                mom = one_cycle_value(pos, *self.moms, c["pct_start"])
+                mom = None if self.moms is None else one_cycle_value(pos, *self.moms, c["pct_start"])
                 return lr, mom
             step -= c["steps"]
         raise ValueError("a schedule needs at least one cycle")
 
     def get_lr(self) -> list[float]:
-        if self.last_epoch in self.clear_at:
-            self.optimizer.state.clear()  # Adam's moments and step count start over
+        if self.last_epoch in self.clear_at:  # Adam's moments and step count start over
+            # a wrapper (timm's Lookahead, i.e. ranger) keeps them in its base optimizer
+            getattr(self.optimizer, "_base_optimizer", self.optimizer).state.clear()
         lr, mom = self.values(self.last_epoch)
         for group in self.optimizer.param_groups:
+            if mom is None:
+                break
             if "betas" in group:
                 group["betas"] = (mom, group["betas"][1])
             elif "momentum" in group:
@@ -88,11 +95,11 @@ def one_cycle(
     div: float = 25.0,
     div_final: float = 1e5,
     pct_start: float = 0.25,
-    moms: tuple[float, float, float] = (0.95, 0.85, 0.95),
+    moms: tuple[float, float, float] | None = (0.95, 0.85, 0.95),
 ) -> CycleSchedule:
     """fit_one_cycle over every phase together; ``phases`` are (steps per epoch, epochs).
 
-    With div=1, pct_start=0.75 and constant moms this is fit_flat_cos."""
+    With div=1, pct_start=0.75 and moms=None this is fit_flat_cos."""
     steps = sum(per_epoch * epochs for per_epoch, epochs in phases)
     return CycleSchedule(optimizer, [Cycle(steps, lr_max, div, div_final, pct_start)], moms)
 
@@ -105,7 +112,7 @@ def fine_tune(
     div: float = 25.0,
     div_final: float = 1e5,
     pct_start: float = 0.25,
-    moms: tuple[float, float, float] = (0.95, 0.85, 0.95),
+    moms: tuple[float, float, float] | None = (0.95, 0.85, 0.95),
 ) -> CycleSchedule:
     """Chapter 7's progressive resizing: fit_one_cycle over the first phase, then fastai's
     ``fine_tune(epochs - 1, fine_tune_lr)`` for each later phase: one epoch at fine_tune_lr with

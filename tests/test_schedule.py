@@ -6,10 +6,13 @@ import math
 
 import pytest
 import torch
+from hydra.utils import instantiate
 from torch import nn
 
 from lightning_sota.optim import adam
 from lightning_sota.schedule import Cycle, CycleSchedule, fine_tune, one_cycle
+
+from .conftest import config
 
 
 def make(steps: int = 100, lr: float = 1e-2):
@@ -76,20 +79,23 @@ def test_adam_is_fastais():
     assert opt.defaults["eps"] == 1e-5 and isinstance(opt, torch.optim.AdamW)
 
 
-def test_fine_tune_clears_adams_state_where_fastai_does():
+@pytest.mark.parametrize("optim", ["adam", "ranger"])
+def test_fine_tune_clears_adams_state_where_fastai_does(optim):
     """fastai's progressive run: fit_one_cycle, then fine_tune, whose freeze() and unfreeze()
     each clear the optimizer state. Adam's step count (its bias correction) therefore runs
-    1..7 over the small phase, then 1..5 over the pct_start=0.99 epoch, then 1..10."""
+    1..7 over the small phase, then 1..5 over the pct_start=0.99 epoch, then 1..10; ranger's
+    RAdam state lives inside its Lookahead wrapper and is cleared there."""
     model = nn.Linear(3, 2)
-    opt = adam(model, lr=1e-2)
+    opt = instantiate(config(f"optim={optim}", "scale.lr=1e-2").optim)(model)
     sched = fine_tune(opt, [(7, 1), (5, 3)], lr_max=1e-2)
+    state = getattr(opt, "_base_optimizer", opt).state
     counts, moments = [], []
     for _ in range(7 + 5 + 10):
         model(torch.randn(4, 3)).square().mean().backward()
         opt.step()
         opt.zero_grad()
-        counts.append(int(opt.state[model.weight]["step"]))
-        moments.append(opt.state[model.weight]["exp_avg"].abs().sum().item())
+        counts.append(int(state[model.weight]["step"]))
+        moments.append(state[model.weight]["exp_avg"].abs().sum().item())
         sched.step()
     assert counts == [*range(1, 8), *range(1, 6), *range(1, 11)]
     # A fresh first moment is (1 - beta1) * grad: much smaller than one that has accumulated.

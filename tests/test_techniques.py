@@ -12,7 +12,7 @@ from torch import nn
 
 from lightning_sota.mix import CutMix, MixUp, mixed_loss
 from lightning_sota.normalize import Normalize
-from lightning_sota.schedule import fine_tune, one_cycle
+from lightning_sota.schedule import fine_tune
 from lightning_sota.tta import TestTimeAugmentation as TTA
 from lightning_sota.tta import combine
 
@@ -170,8 +170,22 @@ def test_fine_tune_cycles_follow_the_chapter():
     assert sched.values(90)[0] == pytest.approx(5e-4)  # peak at 30% of 100 steps
 
 
-def test_flat_cos_is_flat_then_cosine():
-    sched = one_cycle(_opt(), [(10, 10)], lr_max=8e-3, div=1.0, pct_start=0.75, moms=(0.9, 0.9, 0.9))
-    assert sched.values(0) == (pytest.approx(8e-3), pytest.approx(0.9))
-    assert sched.values(74)[0] == pytest.approx(8e-3)
-    assert sched.values(100)[0] == pytest.approx(8e-8)
+def test_flat_cos_is_flat_then_cosine_and_leaves_the_momentum_alone():
+    """fastai's fit_flat_cos(lr) schedules only the lr: lr for 75% of the steps, then SchedCos
+    to lr/1e5; ranger keeps its beta1 0.95 throughout (built from the configs a user names)."""
+    cfg = config("schedule=flat_cos", "optim=ranger", "scale.lr=8e-3")
+    model = nn.Linear(3, 2)
+    opt = instantiate(cfg.optim)(model)
+    sched = instantiate(cfg.schedule)(opt, [(10, 10)])
+    lrs, betas = [], []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        betas.append(opt.param_groups[0]["betas"][0])
+        model(torch.ones(1, 3)).sum().backward()
+        opt.step()
+        sched.step()
+    assert lrs[:75] == [pytest.approx(8e-3)] * 75
+    end = 8e-3 / 1e5  # written out: start + (1 + cos(pi (1 - pos))) (end - start) / 2
+    assert lrs[90] == pytest.approx(8e-3 + (1 + math.cos(math.pi * (1 - 15 / 25))) * (end - 8e-3) / 2)
+    assert sched.values(100)[0] == pytest.approx(end)
+    assert set(betas) == {0.95}
