@@ -85,6 +85,7 @@ def build(cfg: DictConfig, run_dir: Path) -> Run:
         # One file, checkpoints/last.ckpt, replaced (atomically, by Lightning) at every epoch end.
         ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False),
         *([tta] if tta else []),
+        *([instantiate(cfg.weight_averaging)] if cfg.get("weight_averaging") else []),
     ]
     loggers = [instantiate(c) for c in cfg.logger.values()]
     try:

@@ -215,3 +215,35 @@ def test_cli_resume_of_a_mistyped_folder_leaves_nothing(tmp_path):
         "start a new run without resume="
     )
     assert not (tmp_path / "outputs" / "runs" / "sota" / "typo").exists()  # Hydra's folder removed
+
+
+class Weights(pl.Callback):
+    """The classifier's weights after each optimizer step."""
+
+    def __init__(self) -> None:
+        self.seen: list[torch.Tensor] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.seen.append(pl_module.model.fc.weight.detach().clone())
+
+
+@pytest.mark.slow
+def test_weight_averaging_ema_validates_and_saves_the_average(tmp_path):
+    """weight_averaging=ema: the checkpoint (what predict and a resume load) holds the EMA,
+    computed here by hand from the weights after each step: the first step's, then
+    avg = decay * avg + (1 - decay) * w; the trained weights are kept apart."""
+    run = build(
+        smoke(tmp_path, "scale.epochs=1", "weight_averaging=ema", "weight_averaging.decay=0.8"), tmp_path
+    )
+    probe = Weights()
+    run.trainer.callbacks.append(probe)
+    run.trainer.fit(run.module, datamodule=run.data)
+    average = probe.seen[0]
+    for w in probe.seen[1:]:
+        average = 0.8 * average + 0.2 * w
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert len(probe.seen) == 15
+    torch.testing.assert_close(ckpt["state_dict"]["model.fc.weight"], average)
+    torch.testing.assert_close(ckpt["current_model_state"]["model.fc.weight"], probe.seen[-1])
+    assert not torch.allclose(average, probe.seen[-1], atol=1e-4)
+    torch.testing.assert_close(run.module.model.fc.weight, average)  # after the fit: the average
