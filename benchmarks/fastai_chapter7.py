@@ -1,8 +1,13 @@
-"""fastai's own chapter-7 recipe on the official split, timed as fastbook runs it.
+"""fastai's own recipes on the official split, timed as fastbook runs them.
 
-DataBlock with GrandparentSplitter (train/ val/), item Resize(presize), batch
-aug_transforms(size, min_scale=0.75) + Normalize(ImageNet), xresnet from fastai, Learner with
-CrossEntropyLossFlat and accuracy, fit_one_cycle(epochs, lr), then Learner.tta().
+Both: DataBlock with GrandparentSplitter (train/ val/), item Resize(presize), batch
+aug_transforms(size, min_scale=0.75) + Normalize(ImageNet), xresnet from fastai, then
+Learner.tta().
+  --recipe chapter      chapter 7: Adam, CrossEntropyLossFlat, fit_one_cycle(epochs, lr)
+  --recipe leaderboard  the Imagenette leaderboard's 5-epoch style: xresnet with Mish, ranger,
+                        LabelSmoothingCrossEntropy, fit_flat_cos(epochs, lr, wd=1e-2) (lr 8e-3
+                        in vs_fastai.py; the leaderboard's self-attention and MaxBlurPool left out,
+                        as in the figure ../shared/REFERENCE.md gives)
 Prints one JSON line. Needs the `bench` extra (fastai).
 """
 
@@ -20,7 +25,9 @@ from fastai.vision.all import (
     DataBlock,
     GrandparentSplitter,
     ImageBlock,
+    LabelSmoothingCrossEntropy,
     Learner,
+    Mish,
     Normalize,
     Resize,
     accuracy,
@@ -28,6 +35,7 @@ from fastai.vision.all import (
     get_image_files,
     imagenet_stats,
     parent_label,
+    ranger,
     set_seed,
 )
 from fastai.vision.models.xresnet import xresnet18, xresnet34, xresnet50
@@ -38,6 +46,7 @@ ARCHS = {"xresnet18": xresnet18, "xresnet34": xresnet34, "xresnet50": xresnet50}
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--root", required=True)
+    parser.add_argument("--recipe", default="chapter", choices=("chapter", "leaderboard"))
     parser.add_argument("--arch", default="xresnet18", choices=sorted(ARCHS))
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--presize", type=int, default=None, help="default: size x 460/224")
@@ -59,10 +68,18 @@ def main() -> None:
         batch_tfms=[*aug_transforms(size=args.size, min_scale=0.75), Normalize.from_stats(*imagenet_stats)],
     )
     dls = block.dataloaders(args.root, bs=args.bs)
-    learn = Learner(dls, ARCHS[args.arch](n_out=dls.c), loss_func=CrossEntropyLossFlat(), metrics=accuracy)
+    if args.recipe == "chapter":
+        model, loss, opt = ARCHS[args.arch](n_out=dls.c), CrossEntropyLossFlat(), {}
+    else:
+        model = ARCHS[args.arch](n_out=dls.c, act_cls=Mish)
+        loss, opt = LabelSmoothingCrossEntropy(), {"opt_func": ranger}
+    learn = Learner(dls, model, loss_func=loss, metrics=accuracy, **opt)
     with learn.no_bar():
         start = time.perf_counter()
-        learn.fit_one_cycle(args.epochs, args.lr)
+        if args.recipe == "chapter":
+            learn.fit_one_cycle(args.epochs, args.lr)
+        else:
+            learn.fit_flat_cos(args.epochs, args.lr, wd=1e-2)
         fit_seconds = time.perf_counter() - start
         history = [float(v[2]) for v in learn.recorder.values]  # (train_loss, valid_loss, accuracy)
         tta_acc, tta_seconds = None, None
@@ -74,6 +91,7 @@ def main() -> None:
     print(
         json.dumps(
             {
+                "recipe": args.recipe,
                 "fit_seconds": round(fit_seconds, 1),
                 "val_acc": round(history[-1], 5),
                 "history": [round(v, 5) for v in history],

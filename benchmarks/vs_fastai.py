@@ -1,12 +1,17 @@
-"""fastai's chapter-7 recipe and ours on the same data, machine and budget, one after the other.
+"""fastai's recipes and ours on the same data, machine and budget, one after the other.
 
-    python benchmarks/vs_fastai.py --root /tmp/imagenette2-224            # quick scale, both
-    python benchmarks/vs_fastai.py --root ... --ours-only -- trainer.precision=32
+    python benchmarks/vs_fastai.py --root /tmp/imagenette2-224            # both pairs, quick scale
+    python benchmarks/vs_fastai.py --root ... --pairs chapter --seeds 1 -- trainer.precision=32
 
-Ours is `train.py +experiment=normalize scale=quick` (xresnet18, 64 px, 5 epochs, bs 64, lr 3e-3,
-ImageNet normalization, fastai's aug_transforms, fit_one_cycle) plus fastai TTA. Prints both
-fit wall times (the one-off cache build apart), accuracies, peak memory and the ratios.
-Figures only: nothing is asserted.
+Two pairs, each fastai's recipe (benchmarks/fastai_chapter7.py, one seed) against ours
+(train.py at scale=quick: xresnet18, 64 px, 5 epochs, bs 64, `--seeds` seeds):
+  chapter      fastai's chapter 7 (Adam, fit_one_cycle at 3e-3) vs `+experiment=normalize tta=fastai`
+  leaderboard  fastai's leaderboard style (Mish, ranger, label smoothing, fit_flat_cos at 8e-3)
+               vs `+experiment=sota`
+Both end with fastai's TTA. Where our default precision is not fp32, the chapter pair adds a
+like-for-like row: ours at trainer.precision=32, as fastai trains. Prints fit wall times (the
+one-off cache build apart), accuracies, peak memory and the ratios. Figures only: nothing is
+asserted.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -22,25 +28,25 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# pair -> (fastai's recipe and lr, our overrides)
+PAIRS = {
+    "chapter": ("chapter", 3e-3, ["+experiment=normalize", "tta=fastai"]),
+    "leaderboard": ("leaderboard", 8e-3, ["+experiment=sota"]),
+}
 
-def run_fastai(args) -> dict:
+
+def run_fastai(args, recipe: str, lr: float) -> dict:
     cmd = [
         sys.executable,
         str(ROOT / "benchmarks" / "fastai_chapter7.py"),
-        "--root",
-        args.root,
-        "--arch",
-        args.arch,
-        "--size",
-        str(args.size),
-        "--epochs",
-        str(args.epochs),
-        "--bs",
-        str(args.bs),
-        "--lr",
-        str(args.lr),
-        "--seed",
-        str(args.seed),
+        f"--recipe={recipe}",
+        f"--root={args.root}",
+        f"--arch={args.arch}",
+        f"--size={args.size}",
+        f"--epochs={args.epochs}",
+        f"--bs={args.bs}",
+        f"--lr={lr}",
+        f"--seed={args.seed}",
     ]
     start = time.perf_counter()
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
@@ -49,30 +55,67 @@ def run_fastai(args) -> dict:
     return res
 
 
-def run_ours(args, extra: list[str]) -> dict:
+def run_ours(args, overrides: list[str], seed: int) -> dict:
     run_dir = Path(tempfile.mkdtemp(prefix="vs_fastai-"))
     cmd = [
         sys.executable,
         str(ROOT / "train.py"),
-        "+experiment=normalize",
         "scale=quick",
+        *overrides,
         f"data.root={args.root}",
         f"model.arch={args.arch}",
         f"scale.size={args.size}",
         f"scale.epochs={args.epochs}",
         f"scale.batch_size={args.bs}",
-        f"scale.lr={args.lr}",
-        f"seed={args.seed}",
-        "tta=fastai",
+        f"seed={seed}",
         f"hydra.run.dir={run_dir}",
-        *extra,
+        *args.overrides,
     ]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     res = json.loads((run_dir / "results.json").read_text())
     res["process_seconds"] = round(time.perf_counter() - start, 1)
     res["run_dir"] = str(run_dir)
+    keep = ("val_acc", "tta_acc", "train_seconds", "cache_seconds", "test_seconds")
+    print(f"ours ({' '.join(overrides)}, seed {seed}): {json.dumps({k: res[k] for k in keep})}", flush=True)
     return res
+
+
+def summary(runs: list[dict], key: str) -> str:
+    """One seed: its value; more: mean ± sample std."""
+    values = [r[key] for r in runs]
+    if len(values) == 1:
+        return f"{values[0]}"
+    return f"{statistics.mean(values):.4g} ± {statistics.stdev(values):.2g}"
+
+
+def table(name: str, fastai: dict, ours: list[dict], fp32: dict | None) -> None:
+    columns = ["fastai", f"ours ({len(ours)} seed{'s' * (len(ours) > 1)})"] + (["ours fp32"] if fp32 else [])
+    rows = [
+        ("fit wall time (s)", "fit_seconds", "train_seconds"),
+        ("val accuracy", "val_acc", "val_acc"),
+        ("TTA accuracy", "tta_acc", "tta_acc"),
+        ("TTA time (s)", "tta_seconds", "test_seconds"),
+        ("cache build (s)", None, "cache_seconds"),
+        ("whole process (s)", "process_seconds", "process_seconds"),
+        ("peak RSS (MiB)", "peak_rss_mib", "peak_rss_mib"),
+    ]
+    print(f"\n{name}: fastai {fastai['recipe']} recipe vs ours ({ours[0]['precision']})")
+    print(f"{'':20}" + "".join(f"{c:>22}" for c in columns))
+    for label, theirs, mine in rows:
+        cells = ["-" if theirs is None else str(fastai[theirs]), summary(ours, mine)]
+        cells += [str(fp32[mine])] if fp32 else []
+        print(f"{label:20}" + "".join(f"{c:>22}" for c in cells))
+    fit = statistics.mean(r["train_seconds"] for r in ours)
+    val = statistics.mean(r["val_acc"] for r in ours)
+    tta = statistics.mean(r["tta_acc"] for r in ours)
+    print(f"fit time ratio ours/fastai ({name}): {fit / fastai['fit_seconds']:.3f}")
+    if fp32:
+        print(
+            f"fit time ratio ours fp32/fastai ({name}): {fp32['train_seconds'] / fastai['fit_seconds']:.3f}"
+        )
+    print(f"val accuracy difference ours-fastai ({name}): {100 * (val - fastai['val_acc']):+.2f} points")
+    print(f"TTA accuracy difference ours-fastai ({name}): {100 * (tta - fastai['tta_acc']):+.2f} points")
 
 
 def main() -> None:
@@ -82,52 +125,31 @@ def main() -> None:
     parser.add_argument(
         "--root", default=os.environ.get("IMAGENETTE_ROOT"), required="IMAGENETTE_ROOT" not in os.environ
     )
+    parser.add_argument(
+        "--pairs", default="chapter,leaderboard", help="comma-separated: chapter, leaderboard"
+    )
+    parser.add_argument("--seeds", type=int, default=3, help="our seeds per pair (fastai runs seed --seed)")
     parser.add_argument("--arch", default="xresnet18")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--bs", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--ours-only", action="store_true")
-    parser.add_argument("--fastai-only", action="store_true")
-    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for our run (after --)")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for our runs (after --)")
     args = parser.parse_args()
+    pairs = args.pairs.split(",")
+    if unknown := set(pairs) - PAIRS.keys():
+        parser.error(f"--pairs: unknown {sorted(unknown)}; choose from {sorted(PAIRS)}")
 
-    fastai = None if args.ours_only else run_fastai(args)
-    if fastai:
-        print(f"fastai: {json.dumps(fastai)}", flush=True)
-    ours = None if args.fastai_only else run_ours(args, args.overrides)
-    if ours:
-        keep = (
-            "val_acc",
-            "tta_acc",
-            "train_seconds",
-            "cache_seconds",
-            "test_seconds",
-            "train_images_per_second",
-            "precision",
-            "process_seconds",
-            "peak_rss_mib",
-            "run_dir",
-        )
-        print(f"ours:   {json.dumps({k: ours[k] for k in keep})}", flush=True)
-    if not (fastai and ours):
-        return
-    rows = [
-        ("fit wall time (s)", fastai["fit_seconds"], ours["train_seconds"]),
-        ("val accuracy", fastai["val_acc"], ours["val_acc"]),
-        ("TTA accuracy", fastai["tta_acc"], ours["tta_acc"]),
-        ("TTA time (s)", fastai["tta_seconds"], ours["test_seconds"]),
-        ("cache build (s)", None, ours["cache_seconds"]),
-        ("whole process (s)", fastai["process_seconds"], ours["process_seconds"]),
-        ("peak RSS (MiB)", fastai["peak_rss_mib"], ours["peak_rss_mib"]),
-    ]
-    print(f"\n{args.arch}, {args.size} px, {args.epochs} epochs, bs {args.bs}, lr {args.lr}, {args.root}")
-    print(f"{'':22}{'fastai':>10}{'ours':>10}")
-    for name, a, b in rows:
-        print(f"{name:22}{'-' if a is None else a:>10}{'-' if b is None else b:>10}")
-    print(f"\nfit time ratio ours/fastai: {ours['train_seconds'] / fastai['fit_seconds']:.3f}")
-    print(f"val accuracy difference ours-fastai: {100 * (ours['val_acc'] - fastai['val_acc']):+.2f} points")
+    print(f"{args.arch}, {args.size} px, {args.epochs} epochs, bs {args.bs}, {args.root}", flush=True)
+    for name in pairs:
+        recipe, lr, overrides = PAIRS[name]
+        fastai = run_fastai(args, recipe, lr)
+        print(f"fastai ({name}): {json.dumps(fastai)}", flush=True)
+        ours = [run_ours(args, overrides, args.seed + i) for i in range(args.seeds)]
+        fp32 = None
+        if name == "chapter" and "32" not in ours[0]["precision"]:
+            fp32 = run_ours(args, [*overrides, "trainer.precision=32"], args.seed)
+        table(name, fastai, ours, fp32)
 
 
 if __name__ == "__main__":
