@@ -134,6 +134,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--bs", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ours-only", action="store_true", help="skip fastai's runs (no ratios)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for our runs (after --)")
     args = parser.parse_args()
     pairs = args.pairs.split(",")
@@ -143,13 +144,15 @@ def main() -> None:
     print(f"{args.arch}, {args.size} px, {args.epochs} epochs, bs {args.bs}, {args.root}", flush=True)
     for name in pairs:
         recipe, lr, overrides = PAIRS[name]
-        fastai = run_fastai(args, recipe, lr)
-        print(f"fastai ({name}): {json.dumps(fastai)}", flush=True)
+        fastai = None if args.ours_only else run_fastai(args, recipe, lr)
+        if fastai:
+            print(f"fastai ({name}): {json.dumps(fastai)}", flush=True)
         ours = [run_ours(args, overrides, args.seed + i) for i in range(args.seeds)]
         fp32 = None
         if name == "chapter" and "32" not in ours[0]["precision"]:
             fp32 = run_ours(args, [*overrides, "trainer.precision=32"], args.seed)
-        table(name, fastai, ours, fp32)
+        if fastai:
+            table(name, fastai, ours, fp32)
 
 
 if __name__ == "__main__":
