@@ -233,7 +233,8 @@ def test_weight_averaging_ema_validates_and_saves_the_average(tmp_path):
     computed here by hand from the weights after each step: the first step's, then
     avg = decay * avg + (1 - decay) * w; the trained weights are kept apart."""
     run = build(
-        smoke(tmp_path, "scale.epochs=1", "weight_averaging=ema", "weight_averaging.decay=0.8"), tmp_path
+        smoke(tmp_path, "scale.epochs=1", "weight_averaging=ema", "weight_averaging.multi_avg_fn.decay=0.8"),
+        tmp_path,
     )
     probe = Weights()
     run.trainer.callbacks.append(probe)
