@@ -100,7 +100,9 @@ def table(name: str, fastai: dict, ours: list[dict], fp32: dict | None) -> None:
         ("whole process (s)", "process_seconds", "process_seconds"),
         ("peak RSS (MiB)", "peak_rss_mib", "peak_rss_mib"),
     ]
-    print(f"\n{name}: fastai {fastai['recipe']} recipe vs ours ({ours[0]['precision']})")
+    # ours may run its own phases (sota's progressive resizing): say what it ran
+    phases = ", ".join(f"{p['epochs']}x{p['size']} px bs {p['batch_size']}" for p in ours[0]["phases"])
+    print(f"\n{name}: fastai {fastai['recipe']} recipe vs ours ({phases}; {ours[0]['precision']})")
     print(f"{'':20}" + "".join(f"{c:>22}" for c in columns))
     for label, theirs, mine in rows:
         cells = ["-" if theirs is None else str(fastai[theirs]), summary(ours, mine)]

@@ -78,9 +78,7 @@ class CycleSchedule(LRScheduler):
             # a wrapper (timm's Lookahead, i.e. ranger) keeps them in its base optimizer
             getattr(self.optimizer, "_base_optimizer", self.optimizer).state.clear()
         lr, mom = self.values(self.last_epoch)
-        for group in self.optimizer.param_groups:
-            if mom is None:
-                break
+        for group in self.optimizer.param_groups if mom is not None else []:
             if "betas" in group:
                 group["betas"] = (mom, group["betas"][1])
             elif "momentum" in group:
