@@ -2,16 +2,21 @@
 
     python benchmarks/vs_fastai.py --root /tmp/imagenette2-224            # both pairs, quick scale
     python benchmarks/vs_fastai.py --root ... --pairs chapter --seeds 1 -- trainer.precision=32
+    python benchmarks/vs_fastai.py --root ... --scale leaderboard --pairs mission --seeds 1
 
-Two pairs, each fastai's recipe (benchmarks/fastai_chapter7.py, one seed) against ours
-(train.py at scale=quick: xresnet18, 64 px, 5 epochs, bs 64, `--seeds` seeds):
+Each pair is fastai's recipe (benchmarks/fastai_chapter7.py, one seed) against ours (train.py,
+`--seeds` seeds), both at `--scale` (conf/scale: its model, size, epochs and batch size give
+fastai's run too; quick: xresnet18, 64 px, 5 epochs, bs 64; leaderboard: xresnet50, 128 px):
   chapter      fastai's chapter 7 (Adam, fit_one_cycle at 3e-3) vs `+experiment=normalize tta=fastai`
   leaderboard  fastai's leaderboard style (Mish, ranger, label smoothing, fit_flat_cos at 8e-3)
                vs `+experiment=sota`
-Both end with fastai's TTA. Where our default precision is not fp32, the chapter pair adds a
-like-for-like row: ours at trainer.precision=32, as fastai trains. Prints fit wall times (the
-one-off cache build apart), accuracies, peak memory and the ratios. Figures only: nothing is
-asserted.
+  mission      fastai's chapter 7 vs both `normalize` and `sota` (the issue's mission scale:
+               `--scale leaderboard`)
+All end with fastai's TTA. `sota` runs its scale's own phases (progressive resizing inside the
+fixed run's time); --arch/--size/--epochs/--bs change the fixed runs. Where our default precision
+is not fp32, the chapter pair adds a like-for-like row: ours at trainer.precision=32, as fastai
+trains. Prints fit wall times (the one-off cache build apart), accuracies, peak memory and the
+ratios. Figures only: nothing is asserted.
 """
 
 from __future__ import annotations
@@ -26,13 +31,29 @@ import tempfile
 import time
 from pathlib import Path
 
+from hydra import compose, initialize_config_dir
+
 ROOT = Path(__file__).resolve().parent.parent
 
-# pair -> (fastai's recipe and lr, our overrides)
+OURS = {"normalize": ["+experiment=normalize", "tta=fastai"], "sota": ["+experiment=sota"]}
+# pair -> (fastai's recipe and lr, our experiments)
 PAIRS = {
-    "chapter": ("chapter", 3e-3, ["+experiment=normalize", "tta=fastai"]),
-    "leaderboard": ("leaderboard", 8e-3, ["+experiment=sota"]),
+    "chapter": ("chapter", 3e-3, ["normalize"]),
+    "leaderboard": ("leaderboard", 8e-3, ["sota"]),
+    "mission": ("chapter", 3e-3, ["normalize", "sota"]),
 }
+
+
+def scale_settings(scale: str) -> dict:
+    """The model and fixed-run shape that `scale=<name>` gives train.py, for fastai's run."""
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[f"scale={scale}"])
+    return {
+        "arch": cfg.model.arch,
+        "size": cfg.scale.size,
+        "epochs": cfg.scale.epochs,
+        "bs": cfg.scale.batch_size,
+    }
 
 
 def run_fastai(args, recipe: str, lr: float) -> dict:
@@ -60,13 +81,10 @@ def run_ours(args, overrides: list[str], seed: int) -> dict:
     cmd = [
         sys.executable,
         str(ROOT / "train.py"),
-        "scale=quick",
+        f"scale={args.scale}",
         *overrides,
         f"data.root={args.root}",
-        f"model.arch={args.arch}",
-        f"scale.size={args.size}",
-        f"scale.epochs={args.epochs}",
-        f"scale.batch_size={args.bs}",
+        *args.shape_overrides,
         f"seed={seed}",
         f"hydra.run.dir={run_dir}",
         *args.overrides,
@@ -90,6 +108,7 @@ def summary(runs: list[dict], key: str) -> str:
 
 
 def table(name: str, fastai: dict, ours: list[dict], fp32: dict | None) -> None:
+    """``name``: "pair: our experiment", as the ratio lines name it."""
     columns = ["fastai", f"ours ({len(ours)} seed{'s' * (len(ours) > 1)})"] + (["ours fp32"] if fp32 else [])
     rows = [
         ("fit wall time (s)", "fit_seconds", "train_seconds"),
@@ -128,13 +147,14 @@ def main() -> None:
         "--root", default=os.environ.get("IMAGENETTE_ROOT"), required="IMAGENETTE_ROOT" not in os.environ
     )
     parser.add_argument(
-        "--pairs", default="chapter,leaderboard", help="comma-separated: chapter, leaderboard"
+        "--pairs", default="chapter,leaderboard", help="comma-separated: chapter, leaderboard, mission"
     )
     parser.add_argument("--seeds", type=int, default=3, help="our seeds per pair (fastai runs seed --seed)")
-    parser.add_argument("--arch", default="xresnet18")
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--bs", type=int, default=64)
+    parser.add_argument("--scale", default="quick", help="conf/scale name (default: quick)")
+    parser.add_argument("--arch", help="default: the scale's model")
+    parser.add_argument("--size", type=int, help="default: the scale's size")
+    parser.add_argument("--epochs", type=int, help="default: the scale's epochs")
+    parser.add_argument("--bs", type=int, help="default: the scale's batch size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ours-only", action="store_true", help="skip fastai's runs (no ratios)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for our runs (after --)")
@@ -143,18 +163,29 @@ def main() -> None:
     if unknown := set(pairs) - PAIRS.keys():
         parser.error(f"--pairs: unknown {sorted(unknown)}; choose from {sorted(PAIRS)}")
 
-    print(f"{args.arch}, {args.size} px, {args.epochs} epochs, bs {args.bs}, {args.root}", flush=True)
+    # fastai runs the scale's shape; ours gets only the flags given (sota keeps its phases)
+    given = {"arch": "model.arch", "size": "scale.size", "epochs": "scale.epochs", "bs": "scale.batch_size"}
+    args.shape_overrides = [f"{key}={getattr(args, flag)}" for flag, key in given.items() if getattr(args, flag)]
+    for flag, value in scale_settings(args.scale).items():
+        if getattr(args, flag) is None:
+            setattr(args, flag, value)
+    print(
+        f"scale={args.scale}: {args.arch}, {args.size} px, {args.epochs} epochs, bs {args.bs}, {args.root}",
+        flush=True,
+    )
     for name in pairs:
-        recipe, lr, overrides = PAIRS[name]
+        recipe, lr, experiments = PAIRS[name]
         fastai = None if args.ours_only else run_fastai(args, recipe, lr)
         if fastai:
             print(f"fastai ({name}): {json.dumps(fastai)}", flush=True)
-        ours = [run_ours(args, overrides, args.seed + i) for i in range(args.seeds)]
-        fp32 = None
-        if name == "chapter" and "32" not in ours[0]["precision"]:
-            fp32 = run_ours(args, [*overrides, "trainer.precision=32"], args.seed)
-        if fastai:
-            table(name, fastai, ours, fp32)
+        for experiment in experiments:
+            overrides = OURS[experiment]
+            ours = [run_ours(args, overrides, args.seed + i) for i in range(args.seeds)]
+            fp32 = None
+            if experiment == "normalize" and "32" not in ours[0]["precision"]:
+                fp32 = run_ours(args, [*overrides, "trainer.precision=32"], args.seed)
+            if fastai:
+                table(f"{name}: {experiment}", fastai, ours, fp32)
 
 
 if __name__ == "__main__":

@@ -263,7 +263,7 @@ def make_target(project: Path, environ: dict, argv: list[str]) -> None:
             "THROUGHPUT_ARGS": "--sizes 32 --loader-batches 2 --steps 1",
         }
         proc = run(project, ["make", "bench", *(f"{k}={v}" for k, v in assigns.items())], environ)
-        for pair in ("chapter", "leaderboard"):  # both peers in one invocation
+        for pair in ("chapter: normalize", "leaderboard: sota"):  # both peers in one invocation
             assert f"fit time ratio ours/fastai ({pair})" in proc.stdout, proc.stdout[-3000:]
         assert "loader/step" in proc.stdout
     elif target == "lock":  # it rebuilds the venv and runs this suite: check its recipe only
