@@ -165,7 +165,9 @@ def main() -> None:
 
     # fastai runs the scale's shape; ours gets only the flags given (sota keeps its phases)
     given = {"arch": "model.arch", "size": "scale.size", "epochs": "scale.epochs", "bs": "scale.batch_size"}
-    args.shape_overrides = [f"{key}={getattr(args, flag)}" for flag, key in given.items() if getattr(args, flag)]
+    args.shape_overrides = [
+        f"{key}={getattr(args, flag)}" for flag, key in given.items() if getattr(args, flag) is not None
+    ]
     for flag, value in scale_settings(args.scale).items():
         if getattr(args, flag) is None:
             setattr(args, flag, value)
