@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
+from lightning_sota.config import compose_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,8 +46,7 @@ PAIRS = {
 
 def scale_settings(scale: str) -> dict:
     """The model and fixed-run shape that `scale=<name>` gives train.py, for fastai's run."""
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=[f"scale={scale}"])
+    cfg = compose_config([f"scale={scale}"])
     return {
         "arch": cfg.model.arch,
         "size": cfg.scale.size,

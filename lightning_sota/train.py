@@ -25,35 +25,15 @@ from pytorch_lightning.plugins.io import AsyncCheckpointIO
 from .acquire import DataError
 from .callbacks import History, ProgressiveResize
 from .checks import ConfigError, check_config
+from .config import CONFIG_DIR
 from .data import ImagenetteDataModule
 from .loggers import keep_rows_before
 from .module import ImageClassifier, NonFiniteLossError
 from .results import is_complete, summarize, write_json
+from .show_batch import ShowBatch
 from .tta import TestTimeAugmentation
 
 log = logging.getLogger("lightning_sota")
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
-
-# ${ls.if_null:x,a,b}: a when x is null, else b. conf/config.yaml picks the run folder with it
-# (resume= continues in the run's own folder); oc.select cannot, as it falls back only for a
-# missing key and `resume: null` is present.
-OmegaConf.register_new_resolver(
-    "ls.if_null", lambda value, then, otherwise: then if value is None else otherwise, replace=True
-)
-
-
-def fast_precision(accelerator: str) -> str:
-    """bf16-mixed where the device computes bf16 natively; else 16-mixed on a GPU and 32-true
-    on a CPU (emulated bf16 on a CPU without AVX-512 BF16 or AMX trained xresnet18 at 59
-    images/s here, fp32 at 103)."""
-    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
-        return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "16-mixed"
-    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    return "bf16-mixed" if native else "32-true"
-
-
-OmegaConf.register_new_resolver("ls.fast_precision", fast_precision, replace=True)
-
 # The loader gathers whole batches from a memory map in the main process on purpose.
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 # Lightning advertises its cloud logger at every Trainer start.
@@ -84,6 +64,7 @@ def build(cfg: DictConfig, run_dir: Path) -> Run:
         LearningRateMonitor(logging_interval="step"),
         # One file, checkpoints/last.ckpt, replaced (atomically, by Lightning) at every epoch end.
         ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False),
+        ShowBatch(run_dir / "show_batch.png"),
         *([tta] if tta else []),
         *([instantiate(cfg.weight_averaging)] if cfg.get("weight_averaging") else []),
     ]

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from lightning_sota.train import CONFIG_DIR
+from lightning_sota.config import compose_config
 
 ROOT = Path(__file__).resolve().parent.parent
 MINI = ROOT.parent / "shared" / "data" / "imagenette-mini"
@@ -17,8 +16,7 @@ MINI = ROOT.parent / "shared" / "data" / "imagenette-mini"
 
 def config(*overrides: str):
     """The config `python train.py <overrides>` composes (not resolved, no Hydra run)."""
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+    return compose_config(list(overrides))
 
 
 # One colour per class so that a few steps of training can learn something.

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from lightning_sota.results import is_complete
 
@@ -116,6 +117,8 @@ def assert_complete_runs(new: set[Path], count: int) -> list[dict]:
         run = path.parent
         assert (run / ".hydra" / "config.yaml").is_file() and (run / "metrics.csv").is_file()
         assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "train.log").is_file()
+        with Image.open(run / "show_batch.png") as picture:  # fastai's show_batch of its first batch
+            assert picture.format == "PNG"
     return [json.loads(p.read_text()) for p in new]
 
 
@@ -219,6 +222,12 @@ def module_cli(project: Path, environ: dict, argv: list[str]) -> None:
         proc = run(project, [sys.executable, "-m", module, *args], environ)
         lines = [json.loads(line) for line in proc.stdout.splitlines()]
         assert len(lines) == len(list(photos.iterdir())) == 4 and all(x["class"] for x in lines)
+    elif module == "lightning_sota.show_batch":  # a picture of the config's first batch, no run
+        before = results(project, "outputs/**/results.json")
+        proc = run(project, [sys.executable, "-m", module, *small_overrides(args)], environ)
+        with Image.open(project / proc.stdout.strip()) as picture:
+            assert picture.format == "PNG" and min(picture.size) > 300
+        assert results(project, "outputs/**/results.json") == before
     else:
         pytest.fail(f"README command python -m {module}: add its handler to tests/test_readme.py")
 

@@ -1,0 +1,119 @@
+"""fastai's show_batch: a labelled grid of the images the model is given, saved as a PNG.
+
+    python -m lightning_sota.show_batch +experiment=sota scale=smoke [--valid] [--out show_batch.png]
+
+Every run saves its first training batch as ``show_batch.png`` in its folder (the ShowBatch
+callback: the very images of the first step, before MixUp). This command draws one for any
+config without training: the first batch of the first phase, through the config's augmentation
+(the training view) or the validation centre crop (``--valid``). The images are drawn before
+normalization, which is exactly the de-normalized view fastai's show_batch decodes back to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pytorch_lightning as pl  # noqa: E402
+import torch  # noqa: E402
+from hydra.errors import HydraException  # noqa: E402
+from hydra.utils import instantiate  # noqa: E402
+from omegaconf.errors import OmegaConfBaseException  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+from .acquire import DataError  # noqa: E402
+from .checks import ConfigError, check_config  # noqa: E402
+from .config import compose_config  # noqa: E402
+
+
+def save_grid(images: Tensor, labels: Tensor, classes: list[str], path: Path, title: str, n: int = 9) -> Path:
+    """``images``: N x 3 x H x W in [0, 1]; ``n`` of them, evenly spaced through the batch, in a
+    square-ish grid, each titled with its class, as fastai's show_batch (max_n=9). Spaced, not
+    the first: a batch is gathered in index order (data.py), so its first images share a class.
+    Written to a temporary name, then renamed: a crash never leaves half a PNG under ``path``."""
+    k = min(n, len(images))
+    pick = torch.linspace(0, len(images) - 1, k).round().long()
+    cols = math.ceil(math.sqrt(k))
+    rows = math.ceil(k / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.6 * rows + 0.4), squeeze=False)
+    pictures = images[pick].detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+    for ax, picture, label in zip(axes.flat, pictures, labels.cpu()[pick].tolist(), strict=False):
+        ax.imshow(picture, interpolation="nearest")
+        ax.set_title(classes[label], fontsize=10)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    path = Path(path)
+    part = path.with_name(path.name + ".part")
+    fig.savefig(part, format="png", dpi=100)
+    plt.close(fig)
+    os.replace(part, path)
+    return path
+
+
+class ShowBatch(pl.Callback):
+    """Saves the first training batch of a fit, augmented exactly as the first step sees it: the
+    augmentation runs under a forked RNG, so the step then draws the same crops and the training
+    itself is unchanged."""
+
+    def __init__(self, path: Path, n: int = 9) -> None:
+        self.path, self.n = Path(path), n
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx
+    ) -> None:
+        if trainer.current_epoch or batch_idx or not trainer.is_global_zero or self.path.exists():
+            return
+        device = batch["image"].device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+            images = pl_module.augment(batch, train=True)
+        name = pl_module.config.get("name", "run")
+        title = f"{name}: first training batch, {int(batch['size'])} px"
+        save_grid(images, batch["label"], pl_module.classes, self.path, title, self.n)
+
+
+def first_batch(overrides: list[str], valid: bool) -> tuple[Tensor, Tensor, list[str], str]:
+    """The config's first batch of its first phase, augmented (or centre-cropped)."""
+    cfg = compose_config(overrides)
+    check_config(cfg)
+    pl.seed_everything(cfg.seed, verbose=False)
+    data = instantiate(cfg.data)
+    data.setup("fit")
+    loader = data.val_dataloader() if valid else data.train_dataloader()
+    batch = next(iter(loader[0] if isinstance(loader, list) else loader))
+    images = instantiate(cfg.augment)(batch, train=not valid)
+    view = "validation (centre crop)" if valid else "training"
+    return images, batch["label"], data.classes, f"{cfg.name}: first {view} batch, {int(batch['size'])} px"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, as train.py takes them")
+    parser.add_argument("--valid", action="store_true", help="the validation view instead of training's")
+    parser.add_argument("--out", default="show_batch.png")
+    parser.add_argument("--n", type=int, default=9, help="images in the grid (fastai's max_n)")
+    args = parser.parse_args(argv)
+    try:
+        images, labels, classes, title = first_batch(args.overrides, args.valid)
+    except (ConfigError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (HydraException, OmegaConfBaseException) as err:  # a mistyped override or group
+        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
+        return 2
+    print(save_grid(images, labels, classes, Path(args.out), title, args.n))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

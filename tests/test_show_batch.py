@@ -1,0 +1,92 @@
+"""show_batch: the picture of a run's first batch, and the command that draws one for a config."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lightning_sota import show_batch
+from lightning_sota.augment import BatchAugment
+from lightning_sota.show_batch import ShowBatch, save_grid
+
+from .conftest import ROOT
+
+
+def test_grid_shows_each_picked_image_under_its_class(tmp_path):
+    # nine flat colours, one per image, labelled by index: each panel must show its own colour
+    colours = torch.rand(9, 3)
+    images = colours[:, :, None, None].expand(9, 3, 16, 16)
+    classes = [f"class {i}" for i in range(9)]
+    path = save_grid(images, torch.arange(9), classes, tmp_path / "grid.png", "title")
+    assert not (tmp_path / "grid.png.part").exists()
+    picture = np.asarray(Image.open(path).convert("RGB")).astype(float) / 255
+    assert picture.shape[2] == 3 and min(picture.shape[:2]) > 300
+    for colour in colours.numpy():  # each colour fills a panel: many pixels within a grey level
+        close = np.abs(picture - colour).max(-1) < 1.5 / 255
+        assert close.sum() > 2000, colour
+
+
+def test_grid_spreads_its_picks_through_the_batch(tmp_path, monkeypatch):
+    shown = []
+    monkeypatch.setattr(show_batch.plt.Axes, "set_title", lambda self, t, **kw: shown.append(t))
+    labels = torch.arange(64) // 8  # gathered in order: eight of each class
+    save_grid(torch.rand(64, 3, 8, 8), labels, [str(i) for i in range(8)], tmp_path / "g.png", "t", n=9)
+    assert len(shown) == 9 and len(set(shown)) == 8  # not nine of the first class
+
+
+class Module:
+    """What ShowBatch reads from the LightningModule."""
+
+    def __init__(self) -> None:
+        self.augment, self.classes, self.config = BatchAugment(), ["a", "b"], {"name": "test"}
+
+
+class Trainer:
+    current_epoch, is_global_zero = 0, True
+
+
+def test_callback_draws_exactly_what_the_first_step_trains_on(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    batch = {
+        "image": torch.randint(0, 256, (4, 40, 50, 3), dtype=torch.uint8),
+        "box": torch.tensor([[0.0, 0.0, 40, 50]]).repeat(4, 1),
+        "transposed": torch.zeros(4, dtype=torch.bool),
+        "label": torch.tensor([0, 1, 0, 1]),
+        "size": 24,
+    }
+    drawn = {}
+    monkeypatch.setattr(show_batch, "save_grid", lambda images, *a, **k: drawn.setdefault("x", images))
+    module = Module()
+    ShowBatch(tmp_path / "show_batch.png").on_train_batch_start(Trainer(), module, batch, 0)
+    step_view = module.augment(batch, train=True)  # the draw the training step then makes
+    assert torch.equal(drawn["x"], step_view)
+    # only the first batch of the first epoch
+    drawn.clear()
+    ShowBatch(tmp_path / "other.png").on_train_batch_start(Trainer(), module, batch, 1)
+    assert not drawn
+
+
+@pytest.mark.slow
+def test_command_draws_a_config_without_training(tmp_path, mini):
+    common = [f"data.root={mini}", f"data.cache_dir={tmp_path / 'cache'}"]
+    for view in ([], ["--valid"]):
+        out = tmp_path / f"batch{len(view)}.png"
+        proc = subprocess.run(
+            [sys.executable, "-m", "lightning_sota.show_batch", "+experiment=sota", "scale=smoke", *common,
+             "--out", str(out), *view],
+            cwd=ROOT, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proc.stdout.strip() == str(out)
+        with Image.open(out) as img:
+            assert img.format == "PNG" and min(img.size) > 300
+    proc = subprocess.run(
+        [sys.executable, "-m", "lightning_sota.show_batch", "scale=smol", *common],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "scale/smol" in proc.stderr
