@@ -83,6 +83,7 @@ class CachedImages(Dataset):
     def __getitem__(self, indices: list[int]) -> dict:
         idx = np.sort(np.asarray(indices))  # sorted: sequential reads from the memory map
         return {
+            "index": torch.from_numpy(idx),
             "image": torch.from_numpy(self.cache.images[idx]),
             "box": torch.from_numpy(self.cache.boxes[idx]),
             "transposed": torch.from_numpy(self.cache.transposed[idx]),
@@ -199,19 +200,24 @@ class ImagenetteDataModule(pl.LightningDataModule):
         self.train_labels, self.val_labels = train_labels, val_labels
         self._ready = True
 
-    def _loader(self, split: str, size: int, batch_size: int) -> DataLoader:
+    def images(self, split: str, size: int) -> CachedImages:
+        """A split's cache at ``size``, indexed by lists of image indices."""
+        if split == "val":
+            return CachedImages(self.val_caches[size], self.val_labels, size)
+        return CachedImages(self.train_caches[size], self.train_labels, size)
+
+    def _loader(self, split: str, size: int, batch_size: int, whole: bool = False) -> DataLoader:
         """``train`` (shuffled, augmented), ``val`` (the reported split) or ``holdout`` (the
-        selection split: held-out train images, scored like val)."""
+        selection split: held-out train images, scored like val); this rank's shard, or the
+        ``whole`` split."""
         train = split == "train"
-        caches, labels = (
-            (self.val_caches, self.val_labels) if split == "val" else (self.train_caches, self.train_labels)
-        )
-        dataset = CachedImages(caches[size], labels, size)
         index = {"train": self.train_index, "val": self.val_index, "holdout": self.holdout_index}[split]
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        if whole:
+            rank, world = 0, 1
         batches = ShardedBatches(index, batch_size, train, self.seed, self.current_epoch(), rank, world)
         return DataLoader(
-            dataset,
+            self.images(split, size),
             sampler=batches,
             batch_size=None,  # the sampler yields whole batches: one gather each, no collate
             num_workers=self.workers,
@@ -233,6 +239,11 @@ class ImagenetteDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._scoring_loader("val")
+
+    def whole_split_loader(self, split: str = "val") -> DataLoader:
+        """Every image of ``split`` at the final training size, in order, on any one rank."""
+        phase = self.phases[-1]
+        return self._loader(split, phase.size, self.val_batch_size or 2 * phase.batch_size, whole=True)
 
     def summary(self) -> dict:
         return {

@@ -33,10 +33,10 @@ from .checks import ConfigError, check_config  # noqa: E402
 from .config import compose_config  # noqa: E402
 
 
-def save_grid(images: Tensor, labels: Tensor, classes: list[str], path: Path, title: str, n: int = 9) -> Path:
-    """``images``: N x 3 x H x W in [0, 1]; ``n`` of them, evenly spaced through the batch, in a
-    square-ish grid, each titled with its class, as fastai's show_batch (max_n=9). Spaced, not
-    the first: a batch is gathered in index order (data.py), so its first images share a class.
+def save_grid(images: Tensor, titles: list[str], path: Path, title: str, n: int = 9) -> Path:
+    """``images``: N x 3 x H x W in [0, 1], ``titles`` one per image; ``n`` of them, evenly spaced
+    through the batch, in a square-ish grid, as fastai's show_batch (max_n=9). Spaced, not the
+    first: a batch is gathered in index order (data.py), so its first images share a class.
     Written to a temporary name, then renamed: a crash never leaves half a PNG under ``path``."""
     k = min(n, len(images))
     pick = torch.linspace(0, len(images) - 1, k).round().long()
@@ -44,9 +44,9 @@ def save_grid(images: Tensor, labels: Tensor, classes: list[str], path: Path, ti
     rows = math.ceil(k / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.6 * rows + 0.4), squeeze=False)
     pictures = images[pick].detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
-    for ax, picture, label in zip(axes.flat, pictures, labels.cpu()[pick].tolist(), strict=False):
+    for ax, picture, i in zip(axes.flat, pictures, pick.tolist(), strict=False):
         ax.imshow(picture, interpolation="nearest")
-        ax.set_title(classes[label], fontsize=10)
+        ax.set_title(titles[i], fontsize=10)
     for ax in axes.flat:
         ax.axis("off")
     fig.suptitle(title, fontsize=11)
@@ -77,10 +77,11 @@ class ShowBatch(pl.Callback):
             images = pl_module.augment(batch, train=True)
         name = pl_module.config.get("name", "run")
         title = f"{name}: first training batch, {int(batch['size'])} px"
-        save_grid(images, batch["label"], pl_module.classes, self.path, title, self.n)
+        titles = [pl_module.classes[label] for label in batch["label"].tolist()]
+        save_grid(images, titles, self.path, title, self.n)
 
 
-def first_batch(overrides: list[str], valid: bool) -> tuple[Tensor, Tensor, list[str], str]:
+def first_batch(overrides: list[str], valid: bool) -> tuple[Tensor, list[str], str]:
     """The config's first batch of its first phase, augmented (or centre-cropped)."""
     cfg = compose_config(overrides)
     check_config(cfg)
@@ -91,7 +92,8 @@ def first_batch(overrides: list[str], valid: bool) -> tuple[Tensor, Tensor, list
     batch = next(iter(loader[0] if isinstance(loader, list) else loader))
     images = instantiate(cfg.augment)(batch, train=not valid)
     view = "validation (centre crop)" if valid else "training"
-    return images, batch["label"], data.classes, f"{cfg.name}: first {view} batch, {int(batch['size'])} px"
+    titles = [data.classes[label] for label in batch["label"].tolist()]
+    return images, titles, f"{cfg.name}: first {view} batch, {int(batch['size'])} px"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,14 +106,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=9, help="images in the grid (fastai's max_n)")
     args = parser.parse_args(argv)
     try:
-        images, labels, classes, title = first_batch(args.overrides, args.valid)
+        images, titles, title = first_batch(args.overrides, args.valid)
     except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except (HydraException, OmegaConfBaseException) as err:  # a mistyped override or group
         print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
         return 2
-    print(save_grid(images, labels, classes, Path(args.out), title, args.n))
+    print(save_grid(images, titles, Path(args.out), title, args.n))
     return 0
 
 

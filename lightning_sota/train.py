@@ -27,6 +27,7 @@ from .callbacks import History, ProgressiveResize
 from .checks import ConfigError, check_config
 from .config import CONFIG_DIR
 from .data import ImagenetteDataModule
+from .interpret import interpret
 from .loggers import keep_rows_before
 from .module import ImageClassifier, NonFiniteLossError
 from .results import is_complete, summarize, write_json
@@ -112,23 +113,31 @@ def train(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict
         start = time.perf_counter()
         trainer.test(module, datamodule=data, verbose=False)
         test_seconds = time.perf_counter() - start
+    interpretation = {}
+    if trainer.is_global_zero:  # one more pass over the whole val split, on rank 0 alone
+        start = time.perf_counter()
+        interpretation = interpret(module, data, trainer, history.rows, run_dir)
+        interpretation["interpret_seconds"] = round(time.perf_counter() - start, 2)
 
-    results = summarize(
-        name=cfg.name,
-        seed=cfg.seed,
-        arch=cfg.model.arch,
-        phases=[vars(p) for p in data.phases],
-        history=history.rows,
-        train_seconds=train_seconds,
-        cache_seconds=data.cache_seconds,
-        test_seconds=test_seconds,
-        tta_acc=tta.accuracy if tta else None,
-        train_images=history.train_images,
-        val_seconds=history.val_seconds,
-        precision=str(trainer.precision),
-        device=trainer.strategy.root_device.type,
-        dataset=data.summary(),
-        normalize=module.normalize.stats(),
+    results = (
+        summarize(
+            name=cfg.name,
+            seed=cfg.seed,
+            arch=cfg.model.arch,
+            phases=[vars(p) for p in data.phases],
+            history=history.rows,
+            train_seconds=train_seconds,
+            cache_seconds=data.cache_seconds,
+            test_seconds=test_seconds,
+            tta_acc=tta.accuracy if tta else None,
+            train_images=history.train_images,
+            val_seconds=history.val_seconds,
+            precision=str(trainer.precision),
+            device=trainer.strategy.root_device.type,
+            dataset=data.summary(),
+            normalize=module.normalize.stats(),
+        )
+        | interpretation
     )
     if trainer.is_global_zero:
         write_json(run_dir / "results.json", results)

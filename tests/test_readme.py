@@ -117,8 +117,13 @@ def assert_complete_runs(new: set[Path], count: int) -> list[dict]:
         run = path.parent
         assert (run / ".hydra" / "config.yaml").is_file() and (run / "metrics.csv").is_file()
         assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "train.log").is_file()
-        with Image.open(run / "show_batch.png") as picture:  # fastai's show_batch of its first batch
-            assert picture.format == "PNG"
+        for name in ("show_batch", "confusion_matrix", "top_losses", "curves"):  # fastai's pictures
+            with Image.open(run / f"{name}.png") as picture:
+                assert picture.format == "PNG", name
+        res = json.loads(path.read_text())  # the mini val split has 20 images per class
+        per_class = res["per_class_acc"]
+        assert len(per_class) == 10 and sum(per_class.values()) / 10 == pytest.approx(res["val_acc"], abs=1e-4)
+        assert res["val_acc"] <= res["top5_acc"] <= 1
     return [json.loads(p.read_text()) for p in new]
 
 

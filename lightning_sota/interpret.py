@@ -1,0 +1,150 @@
+"""fastai's ClassificationInterpretation, for every run: per-class and top-5 accuracy in
+results.json, ``confusion_matrix.png``, ``top_losses.png`` and ``curves.png`` in its folder.
+
+The metrics and the confusion-matrix plot are torchmetrics'; the predictions come from one pass
+over the whole val split with the trained model, in the precision the validation ran in, so the
+overall accuracy here is the run's val_acc.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pytorch_lightning as pl  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+from torch import Tensor  # noqa: E402
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix  # noqa: E402
+
+from .data import ImagenetteDataModule  # noqa: E402
+from .module import ImageClassifier  # noqa: E402
+from .show_batch import save_grid  # noqa: E402
+
+
+@torch.no_grad()
+def predictions(
+    module: ImageClassifier, data: ImagenetteDataModule, trainer: pl.Trainer
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Logits (fp32), labels and image indices of the whole val split, at the final size."""
+    module.eval()
+    logits, labels, index = [], [], []
+    with trainer.precision_plugin.val_step_context():
+        for batch in data.whole_split_loader("val"):
+            batch = {k: v.to(module.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            logits.append(module(module.prepare(batch, train=False)).float().cpu())
+            labels.append(batch["label"].cpu())
+            index.append(batch["index"].cpu())
+    return torch.cat(logits), torch.cat(labels), torch.cat(index)
+
+
+def accuracies(logits: Tensor, labels: Tensor, classes: list[str]) -> dict:
+    """Top-5 and per-class accuracy (torchmetrics), for results.json."""
+    n = len(classes)
+    per_class = MulticlassAccuracy(n, average=None)(logits, labels)
+    return {
+        "top5_acc": round(MulticlassAccuracy(n, top_k=min(5, n), average="micro")(logits, labels).item(), 5),
+        "per_class_acc": {c: round(a.item(), 5) for c, a in zip(classes, per_class, strict=True)},
+    }
+
+
+def plot_confusion_matrix(logits: Tensor, labels: Tensor, classes: list[str], path: Path) -> None:
+    matrix = MulticlassConfusionMatrix(len(classes))
+    matrix.update(logits, labels)
+    fig, ax = matrix.plot(labels=classes)
+    ax.set_title("Confusion matrix (val split; rows: actual, columns: predicted)")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
+    fig.set_size_inches(8, 7.5)
+    _save(fig, path)
+
+
+def plot_top_losses(
+    module: ImageClassifier,
+    data: ImagenetteDataModule,
+    logits: Tensor,
+    labels: Tensor,
+    index: Tensor,
+    path: Path,
+    k: int = 9,
+) -> None:
+    """fastai's plot_top_losses: the ``k`` val images with the highest loss (the run's own loss
+    function), titled prediction / actual / loss / probability of the prediction."""
+    losses = module.loss(logits, labels).float()
+    top = losses.topk(min(k, len(losses))).indices
+    probs = logits[top].softmax(1)
+    size = data.phases[-1].size
+    batch = data.images("val", size)[index[top].tolist()]  # returned in index order: re-sort to top
+    order = torch.searchsorted(batch["index"], index[top])
+    batch = {key: v[order].to(module.device) if torch.is_tensor(v) else v for key, v in batch.items()}
+    with torch.no_grad():
+        images = module.augment(batch, train=False)
+    classes = module.classes
+    titles = [
+        f"{classes[p]} / {classes[a]}\n{loss:.2f} / {prob:.2f}"
+        for p, a, loss, prob in zip(
+            probs.argmax(1).tolist(),
+            labels[top].tolist(),
+            losses[top].tolist(),
+            probs.max(1).values.tolist(),
+            strict=True,
+        )
+    ]
+    save_grid(images, titles, path, "Top losses: prediction / actual / loss / probability", k)
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    """Losses and accuracy per epoch; a dashed line where the training size changes."""
+    epochs = [row["epoch"] + 1 for row in history]
+    fig, loss_ax = plt.subplots(figsize=(7.5, 4.5))
+    for key, style in (("train_loss", "o-"), ("val_loss", "s-")):
+        loss_ax.plot(epochs, [row[key] for row in history], style, label=key.replace("_", " "))
+    loss_ax.set_xlabel("epoch")
+    loss_ax.set_ylabel("loss")
+    loss_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    acc_ax = loss_ax.twinx()
+    acc_ax.plot(epochs, [100 * row["val_acc"] for row in history], "^-", color="tab:green", label="val acc")
+    if any(row.get("holdout_acc") is not None for row in history):
+        holdout = [100 * row["holdout_acc"] for row in history]
+        acc_ax.plot(epochs, holdout, "v--", color="tab:olive", label="holdout acc")
+    acc_ax.set_ylabel("accuracy (%)")
+    for before, row in zip(history, history[1:], strict=False):
+        if row["size"] != before["size"]:
+            loss_ax.axvline(row["epoch"] + 0.5, color="grey", linestyle="--")
+            where = (row["epoch"] + 0.55, 0.97)
+            loss_ax.annotate(
+                f"{row['size']} px", where, xycoords=("data", "axes fraction"), va="top", color="grey"
+            )
+    loss_ax.set_title(f"Losses and accuracy per epoch (starts at {history[0]['size']} px)")
+    handles = loss_ax.get_legend_handles_labels()[0] + acc_ax.get_legend_handles_labels()[0]
+    loss_ax.legend(handles=handles, loc="center right")
+    loss_ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    """Through a temporary name: a crash never leaves half a PNG that looks finished."""
+    part = path.with_name(path.name + ".part")
+    fig.savefig(part, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    part.replace(path)
+
+
+def interpret(
+    module: ImageClassifier,
+    data: ImagenetteDataModule,
+    trainer: pl.Trainer,
+    history: list[dict],
+    folder: Path,
+) -> dict:
+    """Writes the three pictures into ``folder``; returns results.json's additions."""
+    logits, labels, index = predictions(module, data, trainer)
+    plot_confusion_matrix(logits, labels, module.classes, folder / "confusion_matrix.png")
+    plot_top_losses(module, data, logits, labels, index, folder / "top_losses.png")
+    plot_curves(history, folder / "curves.png")
+    return accuracies(logits, labels, module.classes)

@@ -1,0 +1,68 @@
+"""Interpretation: accuracies against hand counts, top losses against the images they name."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_sota import interpret
+from lightning_sota.augment import BatchAugment
+from lightning_sota.data import ImagenetteDataModule
+from lightning_sota.module import ImageClassifier
+from lightning_sota.normalize import Normalize
+
+
+def test_accuracies_match_a_hand_count():
+    classes = ["a", "b", "c", "d", "e", "f"]
+    labels = torch.tensor([0, 0, 1, 1, 2, 5])
+    # rank of the true class in each row: 1st, 2nd, 1st, 6th, 5th, 3rd
+    logits = torch.tensor(
+        [
+            [9.0, 1, 2, 3, 4, 5],
+            [8.0, 9, 1, 2, 3, 4],
+            [1.0, 9, 2, 3, 4, 5],
+            [6.0, 1, 5, 4, 3, 2],
+            [6.0, 5, 2, 4, 3, 1],
+            [6.0, 5, 1, 2, 3, 4],
+        ]
+    )
+    got = interpret.accuracies(logits, labels, classes)
+    assert got["top5_acc"] == pytest.approx(5 / 6, abs=1e-5)  # all but the 6th-ranked
+    assert got["per_class_acc"] == {"a": 0.5, "b": 0.5, "c": 0.0, "d": 0.0, "e": 0.0, "f": 0.0}
+
+
+def test_top_losses_show_the_images_they_name(tmp_path, mini, monkeypatch):
+    data = ImagenetteDataModule(
+        str(mini), [{"size": 32, "batch_size": 16, "epochs": 1}], download=False, cache_dir=tmp_path / "cache"
+    )
+    data.setup("fit")
+    module = ImageClassifier(
+        model=nn.Identity(),
+        augment=BatchAugment(),
+        normalize=Normalize(),
+        loss=nn.CrossEntropyLoss(reduction="none"),
+        optimizer=None,
+        schedule=None,
+        num_classes=10,
+        classes=data.classes,
+    )
+    n = len(data.val_index)
+    labels = torch.as_tensor(data.val_labels[data.val_index])
+    logits = torch.zeros(n, 10)
+    logits[torch.arange(n), labels] = 5.0  # confident and right: small losses
+    worst = [150, 7, 93]  # out of index order, worst first
+    for rank, i in enumerate(worst):
+        logits[i] = 0.0
+        logits[i, (labels[i] + 1) % 10] = 30.0 - rank  # confidently wrong
+    shown = {}
+    monkeypatch.setattr(interpret, "save_grid", lambda images, titles, *a: shown.update(x=images, t=titles))
+    interpret.plot_top_losses(
+        module, data, logits, labels, torch.as_tensor(data.val_index), tmp_path / "t.png", k=3
+    )
+    for j, i in enumerate(worst):
+        alone = module.augment(data.images("val", 32)[[int(data.val_index[i])]], train=False)[0]
+        assert torch.equal(shown["x"][j], alone)
+        predicted, actual = data.classes[(labels[i] + 1) % 10], data.classes[labels[i]]
+        assert shown["t"][j].startswith(f"{predicted} / {actual}\n"), shown["t"][j]
+        assert shown["t"][j].endswith(" / 1.00")  # the wrong class holds all the probability
