@@ -127,6 +127,7 @@ class ImagenetteDataModule(pl.LightningDataModule):
         self.seed = seed
         self.holdout, self.holdout_seed = holdout, holdout_seed
         self.epoch = 0
+        self.test_split = "val"
         self.cache_seconds = 0.0
         self._ready = False
 
@@ -238,7 +239,8 @@ class ImagenetteDataModule(pl.LightningDataModule):
         return [val, self._scoring_loader("holdout")] if len(self.holdout_index) else val
 
     def test_dataloader(self) -> DataLoader:
-        return self._scoring_loader("val")
+        """The val split; ``test_split`` may name another (evaluate.py scores any)."""
+        return self._scoring_loader(self.test_split)
 
     def whole_split_loader(self, split: str = "val") -> DataLoader:
         """Every image of ``split`` at the final training size, in order, on any one rank."""

@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--valid", action="store_true", help="the validation view instead of training's")
     parser.add_argument("--out", default="show_batch.png")
     parser.add_argument("--n", type=int, default=9, help="images in the grid (fastai's max_n)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     try:
         images, titles, title = first_batch(args.overrides, args.valid)
     except (ConfigError, DataError) as err:

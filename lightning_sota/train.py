@@ -86,20 +86,24 @@ def build(cfg: DictConfig, run_dir: Path) -> Run:
         raise ConfigError(f"trainer: {err.__cause__ or err}") from err
     data.setup("fit")  # acquire and build the presize caches now: reported apart from the fit
 
-    module = ImageClassifier(
-        model=instantiate(cfg.model, num_classes=len(data.classes)),
+    return Run(data, build_module(cfg, data.classes), trainer, history, tta)
+
+
+def build_module(cfg: DictConfig, classes: list[str]) -> ImageClassifier:
+    """The LightningModule of a config (a run's, or one saved in a checkpoint)."""
+    return ImageClassifier(
+        model=instantiate(cfg.model, num_classes=len(classes)),
         augment=instantiate(cfg.augment),
         normalize=instantiate(cfg.normalize),
         mix=instantiate(cfg.mix) if cfg.mix else None,
         loss=instantiate(cfg.loss),
         optimizer=instantiate(cfg.optim),
         schedule=instantiate(cfg.schedule),
-        num_classes=len(data.classes),
+        num_classes=len(classes),
         channels_last=cfg.model.channels_last,
-        classes=data.classes,
+        classes=classes,
         config=OmegaConf.to_container(cfg, resolve=True),
     )
-    return Run(data, module, trainer, history, tta)
 
 
 def train(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict:

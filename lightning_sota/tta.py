@@ -7,6 +7,8 @@ combines them: ``lerp(mean(aug), centre, beta)``, or the element-wise max with `
 
 from __future__ import annotations
 
+import contextlib
+
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
@@ -23,15 +25,23 @@ class TestTimeAugmentation(pl.Callback):
     """``mode='augment'``: n passes with the training augmentation; ``mode='flip'``: one pass of
     the centre view flipped. ``accuracy`` holds the TTA accuracy once the test loop ends."""
 
-    def __init__(self, n: int = 4, beta: float = 0.25, use_max: bool = False, mode: str = "augment") -> None:
+    def __init__(
+        self, n: int = 4, beta: float = 0.25, use_max: bool = False, mode: str = "augment", seed: int = 0
+    ) -> None:
         if mode not in ("augment", "flip"):
             raise ValueError(f"tta.mode must be 'augment' or 'flip', got {mode!r}")
-        self.n, self.beta, self.use_max, self.mode = n, beta, use_max, mode
+        self.n, self.beta, self.use_max, self.mode, self.seed = n, beta, use_max, mode, seed
         self.accuracy: float | None = None
 
     def on_test_epoch_start(self, trainer, pl_module) -> None:
         self._correct = torch.zeros((), device=pl_module.device)
         self._total = torch.zeros((), device=pl_module.device)
+        # The augmented passes draw from (seed, rank), not from wherever training left the RNG:
+        # evaluate.py re-scores a checkpoint to the same tta_acc. The RNG is restored after.
+        self._rng = contextlib.ExitStack()
+        device = pl_module.device
+        self._rng.enter_context(torch.random.fork_rng(devices=[device] if device.type == "cuda" else []))
+        torch.manual_seed(self.seed + trainer.global_rank)
 
     @torch.no_grad()
     def predict(self, pl_module, batch: dict, centre: Tensor) -> Tensor:
@@ -48,6 +58,7 @@ class TestTimeAugmentation(pl.Callback):
         self._total += len(batch["label"])
 
     def on_test_epoch_end(self, trainer, pl_module) -> None:
+        self._rng.close()
         correct = trainer.strategy.reduce(self._correct, reduce_op="sum")
         total = trainer.strategy.reduce(self._total, reduce_op="sum")
         self.accuracy = round((correct / total).item(), 5)

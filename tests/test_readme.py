@@ -122,7 +122,9 @@ def assert_complete_runs(new: set[Path], count: int) -> list[dict]:
                 assert picture.format == "PNG", name
         res = json.loads(path.read_text())  # the mini val split has 20 images per class
         per_class = res["per_class_acc"]
-        assert len(per_class) == 10 and sum(per_class.values()) / 10 == pytest.approx(res["val_acc"], abs=1e-4)
+        assert len(per_class) == 10 and sum(per_class.values()) / 10 == pytest.approx(
+            res["val_acc"], abs=1e-4
+        )
         assert res["val_acc"] <= res["top5_acc"] <= 1
     return [json.loads(p.read_text()) for p in new]
 
@@ -227,6 +229,13 @@ def module_cli(project: Path, environ: dict, argv: list[str]) -> None:
         proc = run(project, [sys.executable, "-m", module, *args], environ)
         lines = [json.loads(line) for line in proc.stdout.splitlines()]
         assert len(lines) == len(list(photos.iterdir())) == 4 and all(x["class"] for x in lines)
+    elif module == "lightning_sota.evaluate":  # the newest sota run, re-scored to its own figures
+        (folder,) = [a for a in args if "<time>" in a]
+        latest = max(project.glob(f"outputs/runs/{Path(folder).parts[2]}/*/results.json")).parent
+        args = [str(latest.relative_to(project)) if a == folder else a for a in args]
+        run(project, [sys.executable, "-m", module, *args], environ)
+        results, scored = (json.loads((latest / f).read_text()) for f in ("results.json", "eval.json"))
+        assert scored["accuracy"] == results["val_acc"] and scored["tta_acc"] == results["tta_acc"]
     elif module == "lightning_sota.show_batch":  # a picture of the config's first batch, no run
         before = results(project, "outputs/**/results.json")
         proc = run(project, [sys.executable, "-m", module, *small_overrides(args)], environ)

@@ -1,0 +1,51 @@
+"""evaluate: a checkpoint re-scored without training gives its run's figures, or refuses."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import COLOURS, ROOT, write_image
+
+
+def evaluate(*args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "lightning_sota.evaluate", *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_evaluate_reproduces_the_run_and_refuses_other_data(tmp_path, mini):
+    run = tmp_path / "run"
+    cache = f"data.cache_dir={tmp_path / 'cache'}"
+    train = [sys.executable, "train.py", "+experiment=sota", "scale=smoke", f"data.root={mini}", cache]
+    proc = subprocess.run(
+        [*train, f"hydra.run.dir={run}"], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((run / "results.json").read_text())
+
+    proc = evaluate(str(run), "--tta", cache)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    scored = json.loads((run / "eval.json").read_text())
+    assert scored["images"] == 200 and scored["size"] == results["phases"][-1]["size"]
+    assert scored["accuracy"] == results["val_acc"]  # exactly: same pieces, same precision
+    assert scored["tta_acc"] == results["tta_acc"]  # the TTA draws are seeded, not left to the RNG
+
+    # other classes: one line naming both lists, nothing written over eval.json
+    other = tmp_path / "other"
+    for split in ("train", "val"):
+        for c, colour in enumerate(COLOURS):
+            write_image(other / split / f"n0{c}" / "a.JPEG", (40, 30), colour)
+    before = (run / "eval.json").read_text()
+    proc = evaluate(str(run / "checkpoints" / "last.ckpt"), f"data.root={other}", cache)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "classes" in proc.stderr and "data.root" in proc.stderr
+    assert (run / "eval.json").read_text() == before
+    # what would change the scoring is refused, by name
+    proc = evaluate(str(run), "augment.min_scale=0.5", cache)
+    assert proc.returncode == 2 and "augment.min_scale=0.5" in proc.stderr and proc.stderr.count("\n") == 1
+    proc = evaluate(str(tmp_path / "nowhere"))
+    assert proc.returncode == 2 and "no checkpoint" in proc.stderr
