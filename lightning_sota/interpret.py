@@ -24,6 +24,9 @@ from .data import ImagenetteDataModule  # noqa: E402
 from .module import ImageClassifier  # noqa: E402
 from .show_batch import save_grid  # noqa: E402
 
+# Rank 0 scores the whole split alone: under DDP the metrics must not wait for the other ranks.
+LOCAL = {"sync_on_compute": False, "dist_sync_on_step": False}
+
 
 @torch.no_grad()
 def predictions(
@@ -44,15 +47,16 @@ def predictions(
 def accuracies(logits: Tensor, labels: Tensor, classes: list[str]) -> dict:
     """Top-5 and per-class accuracy (torchmetrics), for results.json."""
     n = len(classes)
-    per_class = MulticlassAccuracy(n, average=None)(logits, labels)
+    per_class = MulticlassAccuracy(n, average=None, **LOCAL)(logits, labels)
+    top5 = MulticlassAccuracy(n, top_k=min(5, n), average="micro", **LOCAL)(logits, labels)
     return {
-        "top5_acc": round(MulticlassAccuracy(n, top_k=min(5, n), average="micro")(logits, labels).item(), 5),
+        "top5_acc": round(top5.item(), 5),
         "per_class_acc": {c: round(a.item(), 5) for c, a in zip(classes, per_class, strict=True)},
     }
 
 
 def plot_confusion_matrix(logits: Tensor, labels: Tensor, classes: list[str], path: Path) -> None:
-    matrix = MulticlassConfusionMatrix(len(classes))
+    matrix = MulticlassConfusionMatrix(len(classes), **LOCAL)
     matrix.update(logits, labels)
     fig, ax = matrix.plot(labels=classes)
     ax.set_title("Confusion matrix (val split; rows: actual, columns: predicted)")

@@ -234,8 +234,8 @@ def module_cli(project: Path, environ: dict, argv: list[str]) -> None:
         latest = max(project.glob(f"outputs/runs/{Path(folder).parts[2]}/*/results.json")).parent
         args = [str(latest.relative_to(project)) if a == folder else a for a in args]
         run(project, [sys.executable, "-m", module, *args], environ)
-        results, scored = (json.loads((latest / f).read_text()) for f in ("results.json", "eval.json"))
-        assert scored["accuracy"] == results["val_acc"] and scored["tta_acc"] == results["tta_acc"]
+        trained, scored = (json.loads((latest / f).read_text()) for f in ("results.json", "eval.json"))
+        assert scored["accuracy"] == trained["val_acc"] and scored["tta_acc"] == trained["tta_acc"]
     elif module == "lightning_sota.show_batch":  # a picture of the config's first batch, no run
         before = results(project, "outputs/**/results.json")
         proc = run(project, [sys.executable, "-m", module, *small_overrides(args)], environ)
