@@ -268,8 +268,12 @@ def test_ddp_cpu_two_processes(tmp_path, mini):
     # One run folder: rank 1 only adds its own log there (Lightning's Hydra launcher).
     assert sorted(p.name for p in run.iterdir() if not p.name.startswith(".")) == [
         "checkpoints",
+        "confusion_matrix.png",
+        "curves.png",
         "metrics.csv",
         "results.json",
+        "show_batch.png",
+        "top_losses.png",
         "train.log",
         "train_ddp_process_1.log",
     ]
