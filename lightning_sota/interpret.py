@@ -22,7 +22,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from .data import ImagenetteDataModule  # noqa: E402
 from .module import ImageClassifier  # noqa: E402
-from .show_batch import save_grid  # noqa: E402
+from .show_batch import save_figure, save_grid  # noqa: E402
 
 # Rank 0 scores the whole split alone: under DDP the metrics must not wait for the other ranks.
 LOCAL = {"sync_on_compute": False, "dist_sync_on_step": False}
@@ -64,7 +64,7 @@ def plot_confusion_matrix(logits: Tensor, labels: Tensor, classes: list[str], pa
     ax.set_ylabel("actual")
     plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
     fig.set_size_inches(8, 7.5)
-    _save(fig, path)
+    save_figure(fig, path, dpi=110)
 
 
 def plot_top_losses(
@@ -128,15 +128,7 @@ def plot_curves(history: list[dict], path: Path) -> None:
     loss_ax.legend(handles=handles, loc="center right")
     loss_ax.grid(alpha=0.3)
     fig.tight_layout()
-    _save(fig, path)
-
-
-def _save(fig: plt.Figure, path: Path) -> None:
-    """Through a temporary name: a crash never leaves half a PNG that looks finished."""
-    part = path.with_name(path.name + ".part")
-    fig.savefig(part, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    part.replace(path)
+    save_figure(fig, path, dpi=110)
 
 
 def interpret(

@@ -37,7 +37,7 @@ def save_grid(images: Tensor, titles: list[str], path: Path, title: str, n: int 
     """``images``: N x 3 x H x W in [0, 1], ``titles`` one per image; ``n`` of them, evenly spaced
     through the batch, in a square-ish grid, as fastai's show_batch (max_n=9). Spaced, not the
     first: a batch is gathered in index order (data.py), so its first images share a class.
-    Written to a temporary name, then renamed: a crash never leaves half a PNG under ``path``."""
+    Written through a temporary name (save_figure)."""
     k = min(n, len(images))
     pick = torch.linspace(0, len(images) - 1, k).round().long()
     cols = math.ceil(math.sqrt(k))
@@ -51,9 +51,13 @@ def save_grid(images: Tensor, titles: list[str], path: Path, title: str, n: int 
         ax.axis("off")
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    path = Path(path)
+    return save_figure(fig, Path(path))
+
+
+def save_figure(fig: plt.Figure, path: Path, dpi: int = 100) -> Path:
+    """Through a temporary name: a crash never leaves half a PNG that looks finished."""
     part = path.with_name(path.name + ".part")
-    fig.savefig(part, format="png", dpi=100)
+    fig.savefig(part, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     os.replace(part, path)
     return path
