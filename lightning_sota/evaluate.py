@@ -1,6 +1,6 @@
 """Score a trained checkpoint without training: accuracy on a split, and fastai TTA with --tta.
 
-    python -m lightning_sota.evaluate outputs/runs/sota/<time> [data.root=...] [--tta] [--split val]
+    python -m lightning_sota.evaluate outputs/runs/sota/<time> [data.root=...] [--tta] [--split val|holdout]
 
 The checkpoint's own config rebuilds the run's pieces: the data at the final phase's size and
 validation batch size, the model and its weights, normalization, augmentation, TTA and
@@ -77,8 +77,9 @@ def evaluate(target: str, overrides: list[str], tta: bool = False, split: str = 
             f"data.root={cfg.data.root} has classes {data.classes}, the checkpoint was trained on "
             f"{meta['classes']}: point data.root at the dataset it was trained on"
         )
-    if split not in ("val", "holdout", "train") or (split == "holdout" and not len(data.holdout_index)):
-        raise ConfigError(f"--split {split}: use val, train, or holdout (only for a run with data.holdout)")
+    # train is not offered: its loader shuffles and drops the last partial batch
+    if split not in ("val", "holdout") or (split == "holdout" and not len(data.holdout_index)):
+        raise ConfigError(f"--split {split}: use val, or holdout (only for a run with data.holdout)")
     data.test_split = split
     module = build_module(cfg, data.classes)
     module.load_state_dict(ckpt["state_dict"])
@@ -97,7 +98,7 @@ def evaluate(target: str, overrides: list[str], tta: bool = False, split: str = 
     )
     start = time.perf_counter()
     (scores,) = trainer.test(module, datamodule=data, verbose=False)
-    index = {"val": data.val_index, "train": data.train_index, "holdout": data.holdout_index}[split]
+    index = data.val_index if split == "val" else data.holdout_index
     result = {
         "checkpoint": str(ckpt_path),
         "split": split,
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run", help="a run folder or a checkpoint file")
     parser.add_argument("overrides", nargs="*", help=f"key=value, for {', '.join(EVAL_FREE)}")
     parser.add_argument("--tta", action="store_true", help="also fastai TTA (the run's tta config)")
-    parser.add_argument("--split", default="val", help="val (default), train or holdout")
+    parser.add_argument("--split", default="val", help="val (default) or holdout")
     args = parser.parse_intermixed_args(argv)
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     try:

@@ -17,7 +17,7 @@ from lightning_sota.show_batch import ShowBatch, save_grid
 from .conftest import ROOT
 
 
-def test_grid_shows_each_picked_image_under_its_class(tmp_path):
+def test_grid_gives_each_image_its_own_panel(tmp_path):
     # nine flat colours, one per image, labelled by index: each panel must show its own colour
     colours = torch.rand(9, 3)
     images = colours[:, :, None, None].expand(9, 3, 16, 16)
