@@ -24,10 +24,11 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 from rich.progress import Progress
 
-CACHE_VERSION = 1
+# 2: EXIF orientation applied (phone photos stored upright); caches of version 1 are rebuilt.
+CACHE_VERSION = 2
 
 
 @dataclass
@@ -63,17 +64,29 @@ def stored_shape(size: tuple[int, int], presize: int, max_aspect: float) -> tupl
     return new_short, new_long, transposed
 
 
+def _turned(img: Image.Image) -> bool:
+    """The EXIF orientation (phones store photos sideways with this tag) swaps width and height."""
+    return img.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
+
+
+def upright_size(img: Image.Image) -> tuple[int, int]:
+    """(w, h) as a person sees the image: after its EXIF orientation."""
+    return img.size[::-1] if _turned(img) else img.size
+
+
 def load_image(path: Path, short: int, long: int, transposed: bool) -> np.ndarray:
-    """Decode to RGB (greyscale, CMYK, RGBA and palette images converted) at short×long."""
+    """Decode to RGB (greyscale, CMYK, RGBA and palette images converted), turned upright by its
+    EXIF orientation, at short×long."""
     with Image.open(path) as img:
-        w, h = img.size
+        w, h = upright_size(img)
         src_short, src_long = (w, h) if transposed else (h, w)
         # Resize so the short side fits, then centre-crop the long side if it was capped.
         scale = short / src_short
         full_long = max(long, round(src_long * scale))
         target = (full_long, short) if not transposed else (short, full_long)
-        img.draft("RGB", target)  # lets libjpeg decode at 1/2, 1/4, 1/8 scale: much faster
-        img = img.convert("RGB").resize(target, Image.Resampling.BILINEAR)
+        # libjpeg decodes at 1/2, 1/4, 1/8 scale (much faster), asked in the file's own orientation
+        img.draft("RGB", target[::-1] if _turned(img) else target)
+        img = ImageOps.exif_transpose(img).convert("RGB").resize(target, Image.Resampling.BILINEAR)
         arr = np.asarray(img)
     if transposed:
         arr = arr.transpose(1, 0, 2)
@@ -86,10 +99,21 @@ def _read_sizes(files: Sequence[Path]) -> list[tuple[int, int] | None]:
     for f in files:
         try:
             with Image.open(f) as img:
-                sizes.append(img.size)
+                sizes.append(upright_size(img))
         except Exception:  # any unreadable file is reported as skipped, never fatal
             sizes.append(None)
     return sizes
+
+
+def place(box: np.ndarray, arr: np.ndarray, top: int, left: int) -> None:
+    """Put ``arr`` into ``box`` at (top, left) and edge-pad around it: rotations near the border
+    then see plausible pixels, never black bars."""
+    short, long = arr.shape[:2]
+    box[top : top + short, left : left + long] = arr
+    box[:top] = box[top]
+    box[top + short :] = box[top + short - 1]
+    box[:, :left] = box[:, left : left + 1]
+    box[:, left + long :] = box[:, left + long - 1 : left + long]
 
 
 def _decode_chunk(array_path: str, items: list[tuple[int, str, int, int, int, int, bool]]) -> list[int]:
@@ -102,13 +126,7 @@ def _decode_chunk(array_path: str, items: list[tuple[int, str, int, int, int, in
         except Exception:
             failed.append(index)
             continue
-        box = images[index]
-        box[top : top + short, left : left + long] = arr
-        # Edge padding: rotations near the border then see plausible pixels, never black bars.
-        box[:top] = box[top]
-        box[top + short :] = box[top + short - 1]
-        box[:, :left] = box[:, left : left + 1]
-        box[:, left + long :] = box[:, left + long - 1 : left + long]
+        place(images[index], arr, top, left)
     images.flush()
     return failed
 

@@ -16,17 +16,14 @@ import argparse
 import logging
 import sys
 import time
-from pathlib import Path
 
-import pytorch_lightning as pl
-import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from .acquire import DataError
+from .checkpoint import restore, scoring_data, scoring_trainer
 from .checks import ConfigError
 from .results import write_json
-from .train import build_module
 from .tta import TestTimeAugmentation
 
 # What an evaluation may change: where the data is and what computes, not what is scored.
@@ -44,74 +41,33 @@ EVAL_FREE = (
 )
 
 
-def checkpoint_path(target: str) -> Path:
-    """A run folder (its checkpoints/last.ckpt) or a checkpoint file."""
-    path = Path(target)
-    ckpt = path / "checkpoints" / "last.ckpt" if path.is_dir() else path
-    if not ckpt.is_file():
-        raise ConfigError(f"{target}: no checkpoint there; give a run folder or its checkpoints/last.ckpt")
-    return ckpt
-
-
 def evaluate(target: str, overrides: list[str], tta: bool = False, split: str = "val") -> dict:
-    ckpt_path = checkpoint_path(target)
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    if "lightning_sota" not in ckpt:
-        raise ConfigError(f"{ckpt_path} is not a lightning-sota checkpoint (no run config in it)")
-    meta = ckpt["lightning_sota"]
-    cfg = OmegaConf.create(meta["config"])
-    for override in overrides:
-        key, sep, _ = override.partition("=")
-        if not sep or key not in EVAL_FREE:
-            raise ConfigError(
-                f"{override}: evaluate scores the checkpoint as it was trained; only "
-                f"{', '.join(EVAL_FREE)} may change"
-            )
-    cfg.merge_with_dotlist(overrides)
-    phase = cfg.data.phases[-1]
-    cfg.data.phases = [phase]  # the final size and batch size: the validation the run ended with
-    data = instantiate(cfg.data)
-    data.setup("fit")
-    if data.classes != meta["classes"]:
-        raise ConfigError(
-            f"data.root={cfg.data.root} has classes {data.classes}, the checkpoint was trained on "
-            f"{meta['classes']}: point data.root at the dataset it was trained on"
-        )
+    run = restore(target, overrides, EVAL_FREE)
+    cfg = run.config
+    data = scoring_data(run)
     # train is not offered: its loader shuffles and drops the last partial batch
     if split not in ("val", "holdout") or (split == "holdout" and not len(data.holdout_index)):
         raise ConfigError(f"--split {split}: use val, or holdout (only for a run with data.holdout)")
     data.test_split = split
-    module = build_module(cfg, data.classes)
-    module.load_state_dict(ckpt["state_dict"])
     tta_cb = None
     if tta:
         tta_cb = instantiate(cfg.tta) if cfg.get("tta") else TestTimeAugmentation(seed=cfg.seed)
-    trainer = pl.Trainer(
-        accelerator=cfg.trainer.accelerator,
-        devices=1,
-        precision=cfg.trainer.precision,
-        logger=False,
-        callbacks=[tta_cb] if tta_cb else [],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = scoring_trainer(cfg, [tta_cb] if tta_cb else [])
     start = time.perf_counter()
-    (scores,) = trainer.test(module, datamodule=data, verbose=False)
+    (scores,) = trainer.test(run.module, datamodule=data, verbose=False)
     index = data.val_index if split == "val" else data.holdout_index
     result = {
-        "checkpoint": str(ckpt_path),
+        "checkpoint": str(run.path),
         "split": split,
         "images": len(index),
         "data_root": str(data.root),
-        "size": phase.size,
+        "size": run.size,
         "precision": str(trainer.precision),
         "accuracy": round(scores["test_acc"], 5),
         "tta_acc": tta_cb.accuracy if tta_cb else None,
         "seconds": round(time.perf_counter() - start, 2),
     }
-    run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
-    write_json(run_dir / "eval.json", result)
+    write_json(run.run_dir / "eval.json", result)
     return result
 
 

@@ -1,77 +1,134 @@
-"""Classify images with a trained checkpoint: one JSON line per image.
+"""Classify images with a trained checkpoint: one JSON line per image, scored in batches.
 
     python -m lightning_sota.predict outputs/runs/sota/<time>/checkpoints/last.ckpt photo.jpg folder/ [--tta]
 
-Each image goes through the training pipeline's own steps: presized as the cache does, the
-validation centre crop at the final training size (or fastai TTA with --tta), the checkpoint's
-normalization, the model. Folders are walked; an unreadable file is reported on stderr and
-skipped (exit status 1 if any was).
+Each image goes through the run's own steps: decoded upright (phones store photos sideways with an
+EXIF orientation tag) and presized as the cache does, the validation centre crop at the final
+training size (or the run's TTA with --tta), the checkpoint's normalization and model, in the
+run's precision. Loader workers decode the next batch while the model scores this one. Folders
+are walked; an unreadable file is reported on stderr and skipped (exit status 1 if any was).
+Throughput goes to stderr at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
+import os
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
+from hydra.utils import instantiate
 from PIL import Image
+from torch.utils.data import DataLoader, Dataset
 
-from .augment import BatchAugment
-from .cache import load_image, stored_shape
+from .cache import load_image, place, stored_shape, upright_size
+from .checkpoint import restore, scoring_trainer
+from .checks import ConfigError
 from .data import IMAGE_SUFFIXES
-from .models import create_model
-from .normalize import Normalize
-from .tta import combine
+from .tta import TestTimeAugmentation
+
+
+class ImageFiles(Dataset):
+    """Image files decoded as the cache decodes them: upright, short side at ``presize``, stored
+    landscape. An unreadable file gives its error message instead of pixels."""
+
+    def __init__(self, paths: list[Path], presize: int, max_aspect: float) -> None:
+        self.paths, self.presize, self.max_aspect = paths, presize, max_aspect
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, np.ndarray | str, bool]:
+        try:
+            with Image.open(self.paths[i]) as img:
+                size = upright_size(img)
+            short, long, transposed = stored_shape(size, self.presize, self.max_aspect)
+            return i, load_image(self.paths[i], short, long, transposed), transposed
+        except Exception as err:  # any unreadable file is named and skipped, never fatal
+            return i, f"{type(err).__name__}: {err}", False
+
+
+def cache_batch(items: list[tuple[int, np.ndarray | str, bool]], size: int) -> dict:
+    """Decoded images as one cache-style batch (data.CachedImages'): centred in a shared box,
+    edge-padded, with their boxes; ``failed`` lists (index, error) of the unreadable ones."""
+    good = [it for it in items if isinstance(it[1], np.ndarray)]
+    height = max((arr.shape[0] for _, arr, _ in good), default=1)
+    width = max((arr.shape[1] for _, arr, _ in good), default=1)
+    image = np.empty((len(good), height, width, 3), np.uint8)
+    box = np.zeros((len(good), 4), np.float32)
+    for j, (_, arr, _) in enumerate(good):
+        top, left = (height - arr.shape[0]) // 2, (width - arr.shape[1]) // 2
+        place(image[j], arr, top, left)
+        box[j] = (top, left, *arr.shape[:2])
+    return {
+        "index": torch.tensor([i for i, _, _ in good], dtype=torch.long),
+        "image": torch.from_numpy(image),
+        "box": torch.from_numpy(box),
+        "transposed": torch.tensor([t for _, _, t in good], dtype=torch.bool),
+        "size": size,
+        "failed": [(i, msg) for i, msg, _ in items if isinstance(msg, str)],
+    }
 
 
 class Predictor:
-    """A model, its normalization and its input size, rebuilt from a checkpoint."""
+    """A checkpoint's module (model, normalization, augmentation) on the run's device and precision."""
 
-    def __init__(self, checkpoint: str | Path, device: str = "cpu") -> None:
-        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        meta = ckpt["lightning_sota"]
-        self.classes, self.size = meta["classes"], meta["size"]
-        self.presize, self.max_aspect = meta["presize"], meta["max_aspect"]
-        model_cfg = {k: v for k, v in meta["model"].items() if k != "_target_"}
-        self.model = create_model(**{**model_cfg, "num_classes": len(self.classes)})
-        weights = {
-            k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")
-        }
-        self.model.load_state_dict(weights)
-        stats = meta["normalize"] or {}
-        self.normalize = Normalize(stats.get("mean"), stats.get("std"))
-        aug_cfg = {k: v for k, v in meta["config"].get("augment", {}).items() if k != "_target_"}
-        self.augment = BatchAugment(**aug_cfg)
-        self.device = torch.device(device)
-        self.model.to(self.device).eval()
-        self.normalize.to(self.device)
+    def __init__(
+        self, checkpoint: str | Path, accelerator: str | None = None, precision: str | None = None
+    ) -> None:
+        chosen = {"accelerator": accelerator, "precision": precision}
+        overrides = [f"trainer.{k}={v}" for k, v in chosen.items() if v]
+        self.run = restore(checkpoint, overrides, ("trainer.accelerator", "trainer.precision"))
+        self.classes, self.size = self.run.classes, self.run.size
+        trainer = scoring_trainer(self.run.config)
+        self.device = trainer.strategy.root_device
+        self.autocast = trainer.precision_plugin.val_step_context
+        self.module = self.run.module.to(self.device)
+        tta = self.run.config.get("tta")
+        self.tta = instantiate(tta) if tta else TestTimeAugmentation(seed=self.run.config.seed)
 
-    def batch(self, path: Path) -> dict:
-        """One image as a one-item cache batch."""
-        with Image.open(path) as img:
-            size = img.size
-        short, long, transposed = stored_shape(size, self.presize, self.max_aspect)
-        image = torch.from_numpy(load_image(path, short, long, transposed).copy())[None]
-        return {
-            "image": image.to(self.device),
-            "box": torch.tensor([[0.0, 0.0, short, long]], device=self.device),
-            "transposed": torch.tensor([transposed], device=self.device),
-            "size": self.size,
-        }
+    def loader(self, paths: list[Path], batch_size: int = 64, workers: int | None = None) -> DataLoader:
+        workers = min(4, os.cpu_count() or 1) if workers is None else workers
+        files = ImageFiles(paths, self.run.presize, self.run.max_aspect)
+        return DataLoader(
+            files,
+            batch_size=batch_size,
+            num_workers=workers,
+            collate_fn=functools.partial(cache_batch, size=self.size),
+            pin_memory=self.device.type == "cuda",
+        )
 
     @torch.no_grad()
-    def probs(self, path: Path, tta: bool = False, n: int = 4, beta: float = 0.25) -> torch.Tensor:
-        batch = self.batch(path)
+    def probs(self, batch: dict, tta: bool = False) -> torch.Tensor:
+        """Class probabilities [B, C] (fp32) of a cache-style batch."""
+        batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        with self.autocast():
+            centre = self.module.predict_probs(self.module.prepare(batch, train=False))
+            return (self.tta.predict(self.module, batch, centre) if tta else centre).float()
 
-        def run(train: bool) -> torch.Tensor:
-            return self.model(self.normalize(self.augment(batch, train))).float().softmax(1)[0]
-
-        centre = run(False)
-        if not tta:
-            return centre
-        return combine(torch.stack([run(True) for _ in range(n)])[:, None], centre[None], beta)[0]
+    def predict(
+        self, paths: list[Path], tta: bool = False, batch_size: int = 64, workers: int | None = None
+    ) -> Iterator[tuple[Path, torch.Tensor | str]]:
+        """(path, probabilities) per readable image, (path, error) per unreadable one, in order.
+        TTA draws are seeded by the run's tta.seed, as evaluate's are."""
+        with contextlib.ExitStack() as stack:
+            if tta:
+                cuda = [self.device] if self.device.type == "cuda" else []
+                stack.enter_context(torch.random.fork_rng(devices=cuda))
+                torch.manual_seed(self.tta.seed)
+            for batch in self.loader(paths, batch_size, workers):
+                results = dict(batch["failed"])
+                if len(batch["index"]):
+                    results |= dict(zip(batch["index"].tolist(), self.probs(batch, tta).cpu(), strict=True))
+                for i in sorted(results):
+                    yield paths[i], results[i]
 
 
 def image_paths(paths: list[str]) -> list[Path]:
@@ -88,30 +145,31 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("checkpoint")
+    parser.add_argument("checkpoint", help="a checkpoint file or a run folder")
     parser.add_argument("paths", nargs="+", help="image files or folders")
-    parser.add_argument("--tta", action="store_true", help="fastai TTA: 4 augmented passes + the centre")
+    parser.add_argument("--tta", action="store_true", help="the run's TTA (fastai's: 4 passes + centre)")
     parser.add_argument("--topk", type=int, default=5)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: up to 4)")
+    parser.add_argument("--accelerator", default=None, help="cpu, gpu, ... (default: the run's, auto)")
+    parser.add_argument("--precision", default=None, help="32-true, bf16-mixed, ... (default: the run's)")
     args = parser.parse_args(argv)
     try:
-        predictor = Predictor(args.checkpoint, args.device)
-    except (OSError, KeyError, RuntimeError) as err:
-        print(f"error: cannot load {args.checkpoint} as a lightning-sota checkpoint: {err}", file=sys.stderr)
+        predictor = Predictor(args.checkpoint, args.accelerator, args.precision)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
-    failed = 0
-    for path in image_paths(args.paths):
-        try:
-            probs = predictor.probs(path, tta=args.tta)
-        except Exception as err:  # an unreadable image is named and skipped, never fatal
-            print(f"skipped {path}: {err}", file=sys.stderr)
+    paths = image_paths(args.paths)
+    failed, start = 0, time.perf_counter()
+    for path, probs in predictor.predict(paths, args.tta, args.batch_size, args.workers):
+        if isinstance(probs, str):
+            print(f"skipped {path}: {probs}", file=sys.stderr)
             failed += 1
             continue
         top = probs.topk(min(args.topk, len(probs)))
-        best = int(top.indices[0])
         line = {
             "path": str(path),
-            "class": predictor.classes[best],
+            "class": predictor.classes[int(top.indices[0])],
             "probability": round(float(top.values[0]), 5),
             "top5": [
                 [predictor.classes[int(i)], round(float(v), 5)]
@@ -119,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
             ],
         }
         print(json.dumps(line), flush=True)
+    seconds = time.perf_counter() - start
+    done = len(paths) - failed
+    rate = done / max(seconds, 1e-9)
+    print(f"predicted {done} images in {seconds:.1f} s ({rate:.1f} images/s)", file=sys.stderr)
     return 1 if failed else 0
 
 

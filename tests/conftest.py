@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -64,3 +66,22 @@ def mini() -> Path:
     if not MINI.is_dir():
         pytest.fail(f"{MINI} is missing: the tests need ../shared/data/imagenette-mini")
     return MINI
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """One `sota` smoke run on the mini set (TTA on): the checkpoint that evaluate, predict and
+    export tests read. Its cache is the folder ``cache`` beside it."""
+    tmp = tmp_path_factory.mktemp("trained")
+    cmd = [
+        sys.executable,
+        "train.py",
+        "+experiment=sota",
+        "scale=smoke",
+        f"data.root={MINI}",
+        f"data.cache_dir={tmp / 'cache'}",
+        f"hydra.run.dir={tmp / 'run'}",
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp / "run"

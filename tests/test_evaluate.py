@@ -17,14 +17,9 @@ def evaluate(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_evaluate_reproduces_the_run_and_refuses_other_data(tmp_path, mini):
-    run = tmp_path / "run"
-    cache = f"data.cache_dir={tmp_path / 'cache'}"
-    train = [sys.executable, "train.py", "+experiment=sota", "scale=smoke", f"data.root={mini}", cache]
-    proc = subprocess.run(
-        [*train, f"hydra.run.dir={run}"], cwd=ROOT, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_evaluate_reproduces_the_run_and_refuses_other_data(trained_run, tmp_path):
+    run = trained_run
+    cache = f"data.cache_dir={run.parent / 'cache'}"
     results = json.loads((run / "results.json").read_text())
 
     proc = evaluate(str(run), "--tta", cache)

@@ -1,0 +1,121 @@
+"""predict: photos decoded upright, batches laid out as the cache lays them, and the batched CLI
+agreeing image by image with the run's own scoring of its val split."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lightning_sota.augment import BatchAugment
+from lightning_sota.cache import build_cache, upright_size
+from lightning_sota.checkpoint import restore, scoring_data, scoring_trainer
+from lightning_sota.data import scan_split
+from lightning_sota.evaluate import EVAL_FREE, evaluate
+from lightning_sota.interpret import predictions
+from lightning_sota.predict import ImageFiles, cache_batch
+
+from .conftest import COLOURS, ROOT, write_image
+
+
+def quadrants(w: int, h: int) -> Image.Image:
+    """Red top-left, green top-right, blue bottom-left, white bottom-right: which way is up."""
+    arr = np.zeros((h, w, 3), np.uint8)
+    arr[: h // 2, : w // 2] = (255, 0, 0)
+    arr[: h // 2, w // 2 :] = (0, 255, 0)
+    arr[h // 2 :, : w // 2] = (0, 0, 255)
+    arr[h // 2 :, w // 2 :] = 255
+    return Image.fromarray(arr)
+
+
+TURNS = [(6, Image.Transpose.ROTATE_90), (8, Image.Transpose.ROTATE_270), (3, Image.Transpose.ROTATE_180)]
+
+
+@pytest.mark.parametrize("orientation, stored", TURNS)
+def test_phone_photos_come_out_upright(tmp_path, orientation, stored):
+    """A phone saves the sensor's pixels turned and an EXIF tag saying how to turn them back
+    (6: rotate 90° clockwise to view). Decoded, the photo must look as it does upright."""
+    upright = quadrants(96, 64)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "phone.jpg"
+    upright.transpose(stored).save(path, quality=95, exif=exif)
+    with Image.open(path) as img:
+        assert upright_size(img) == (96, 64)  # landscape, as a person sees it
+    _, arr, transposed = ImageFiles([path], presize=32, max_aspect=2.0)[0]
+    assert arr.shape == (32, 48, 3) and not transposed
+    means = [arr[:16, :24].mean((0, 1)), arr[:16, 24:].mean((0, 1)), arr[16:, :24].mean((0, 1))]
+    assert means[0][0] > 200 and means[0][1:].max() < 60  # red top-left
+    assert means[1][1] > 200 and means[1][[0, 2]].max() < 60  # green top-right
+    assert means[2][2] > 200 and means[2][:2].max() < 60  # blue bottom-left
+
+
+def test_unreadable_files_are_named_not_fatal(tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not a jpeg")
+    good = tmp_path / "good.png"
+    quadrants(40, 30).save(good)
+    batch = cache_batch([ImageFiles([bad, good], 24, 4 / 3)[i] for i in (0, 1)], size=16)
+    assert batch["index"].tolist() == [1] and batch["image"].shape == (1, 24, 32, 3)
+    ((index, message),) = batch["failed"]
+    assert index == 0 and "cannot identify image file" in message
+
+
+def test_batches_give_the_caches_validation_view(tmp_path):
+    """A batch of files laid out by predict (its own box, per batch) and the same files gathered
+    from the training cache (one box for the split) give the same centre views."""
+    shapes = [(200, 150), (150, 200), (120, 120), (300, 100), (90, 260), (100, 70)]  # (w, h)
+    files = [write_image(tmp_path / f"{i}.jpg", wh, COLOURS[i % 3], seed=i) for i, wh in enumerate(shapes)]
+    cache = build_cache(files, 66, tmp_path / "cache", 4 / 3, workers=1)
+    idx = np.arange(len(files))
+    from_cache = {
+        "image": torch.from_numpy(cache.images[idx]),
+        "box": torch.from_numpy(cache.boxes[idx]),
+        "transposed": torch.from_numpy(cache.transposed[idx]),
+        "size": 32,
+    }
+    want = BatchAugment()(from_cache, train=False)
+    files = ImageFiles(files, 66, 4 / 3)
+    whole = cache_batch([files[i] for i in idx], size=32)  # one box for all: the cache's
+    assert whole["transposed"].tolist() == from_cache["transposed"].tolist() == [0, 1, 0, 0, 1, 0]
+    assert (BatchAugment()(whole, train=False) - want).abs().max() < 1e-4
+    for i in idx:  # alone, each in a box of its own size
+        alone = cache_batch([files[i]], size=32)
+        assert (BatchAugment()(alone, train=False)[0] - want[i]).abs().max() < 1e-4
+    assert cache_batch([files[2]], size=32)["image"].shape[1:3] == (66, 66) != whole["image"].shape[1:3]
+
+
+@pytest.mark.slow
+def test_batched_predict_agrees_with_evaluate_image_by_image(trained_run, mini):
+    """Every mini val image: the CLI's class is the one the run's validation pass gives it, its
+    probability the same, and its accuracy is evaluate's (the run's val_acc) exactly."""
+    predict = [sys.executable, "-m", "lightning_sota.predict", "--batch-size=48"]
+    cmd = [*predict, str(trained_run), str(mini / "val")]
+    proc = subprocess.run(
+        cmd,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "predicted 200 images in" in proc.stderr and "images/s" in proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    _, files, labels = scan_split(mini / "val")
+    assert [Path(x["path"]).name for x in lines] == [f.name for f in files]
+
+    cache = f"data.cache_dir={trained_run.parent / 'cache'}"
+    run = restore(trained_run, [cache], EVAL_FREE)
+    logits, _, index = predictions(run.module, scoring_data(run), scoring_trainer(run.config))
+    want = logits[index.argsort()].softmax(1)  # in file order, as predict's lines
+    got = [run.classes.index(x["class"]) for x in lines]
+    assert got == want.argmax(1).tolist()
+    assert np.allclose([x["probability"] for x in lines], want.max(1).values.numpy(), atol=2e-5)
+    accuracy = round(float(np.mean(np.array(got) == labels)), 5)
+    assert accuracy == evaluate(str(trained_run), [cache])["accuracy"]
