@@ -8,7 +8,7 @@ ARGS ?=
 CONSTRAINTS := constraints.txt
 PIP_INSTALL := $(PY) -m pip install --quiet -c $(CONSTRAINTS)
 
-.PHONY: install install-bench train test test-fast lint bench ablation lock clean
+.PHONY: install install-bench install-test train test test-fast lint bench ablation lock clean
 
 install: $(STAMP)
 
@@ -30,11 +30,20 @@ $(BENCH_STAMP): $(STAMP)
 train: install
 	$(PY) train.py $(ARGS)
 
-# The tests compare our optimizers with fastai's own: they need the bench extra.
-test: install-bench
+# The tests compare our optimizers with fastai's own (the bench extra), check the ONNX export with
+# onnxruntime (export) and log offline to wandb and mlflow (loggers).
+TEST_STAMP := $(VENV)/.installed-test
+
+install-test: $(TEST_STAMP)
+
+$(TEST_STAMP): $(BENCH_STAMP)
+	$(PIP_INSTALL) -e '.[dev,bench,export,loggers]'
+	touch $(TEST_STAMP)
+
+test: install-test
 	$(PY) -m pytest $(ARGS)
 
-test-fast: install-bench
+test-fast: install-test
 	$(PY) -m pytest -m "not slow" $(ARGS)
 
 # The chapter's table: experiments x seeds as one Hydra multirun, then the report. A rerun skips
@@ -67,8 +76,8 @@ lock:
 	rm -rf $(LOCK_VENV)
 	$(PYTHON) -m venv $(LOCK_VENV)
 	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(LOCK_VENV)/bin/python -m pip install --quiet -e '.[dev,bench,tensorboard]'
-	{ echo "# Written by make lock (pip freeze of .[dev,bench,tensorboard]); make install installs from it."; \
+	$(LOCK_VENV)/bin/python -m pip install --quiet -e '.[dev,bench,tensorboard,export,loggers]'
+	{ echo "# Written by make lock (pip freeze of .[dev,bench,tensorboard,export,loggers]); make install installs from it."; \
 	  $(LOCK_VENV)/bin/python -m pip freeze --exclude-editable; } > $(CONSTRAINTS).new
 	mv $(CONSTRAINTS).new $(CONSTRAINTS)
 	rm -rf $(LOCK_VENV)

@@ -34,7 +34,7 @@ REFUSED_TRAINER = {
     "reload_dataloaders_every_n_epochs": SET_BY_TRAIN + " (the phases change the loaders)",
     "default_root_dir": "runs go to Hydra's folder: set hydra.run.dir",
     "callbacks": SET_BY_TRAIN,
-    "logger": "choose logger=csv or logger=tensorboard",
+    "logger": "choose logger=csv, tensorboard, wandb or mlflow",
     "enable_checkpointing": "checkpoints/last.ckpt is written every epoch for resume=",
     "plugins": SET_BY_TRAIN,
 }

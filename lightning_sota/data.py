@@ -116,10 +116,17 @@ class ImagenetteDataModule(pl.LightningDataModule):
         seed: int = 0,
         holdout: float = 0.0,
         holdout_seed: int = 0,
+        epochs_per_phase: int | None = None,
+        overfit_batches: int = 0,
     ) -> None:
         super().__init__()
         self.root_arg = root
         self.phases = [p if isinstance(p, Phase) else Phase(**p) for p in phases]
+        if epochs_per_phase:  # debug=fdr|profiler: the whole plan, each phase briefly
+            self.phases = [Phase(p.size, p.batch_size, epochs_per_phase) for p in self.phases]
+        # debug=overfit: the same first `overfit_batches` shuffled batches every epoch, as
+        # Lightning's trainer.overfit_batches, which would not know the phases' batch sizes
+        self.overfit_batches = overfit_batches
         self.variant, self.download, self.base_url = variant, download, base_url
         self.presize, self.max_aspect = presize, max_aspect
         self.cache_dir, self.cache_workers, self.workers = cache_dir, cache_workers, workers
@@ -149,6 +156,8 @@ class ImagenetteDataModule(pl.LightningDataModule):
         float: that fraction, rounded down)."""
         world = self.trainer.world_size if self.trainer is not None else 1
         batches = len(self.train_index) // world // phase.batch_size
+        if self.overfit_batches:
+            batches = min(batches, self.overfit_batches)
         limit = self.trainer.limit_train_batches if self.trainer is not None else 1.0
         return min(batches, limit) if isinstance(limit, int) else int(batches * limit)
 
@@ -216,7 +225,9 @@ class ImagenetteDataModule(pl.LightningDataModule):
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         if whole:
             rank, world = 0, 1
-        batches = ShardedBatches(index, batch_size, train, self.seed, self.current_epoch(), rank, world)
+        overfit = train and self.overfit_batches
+        epoch = 0 if overfit else self.current_epoch()
+        batches = ShardedBatches(index, batch_size, train, self.seed, epoch, rank, world, overfit or None)
         return DataLoader(
             self.images(split, size),
             sampler=batches,
@@ -278,11 +289,20 @@ class ShardedBatches:
 
     Training: a shuffle seeded by (seed, epoch), the same on every rank, so a resumed run and
     every DDP rank agree without shared state; each rank takes every world-th image and the
-    last incomplete batch is dropped. Validation: in order, every image exactly once overall.
+    last incomplete batch is dropped; ``limit``: only the first batches. Validation: in order,
+    every image exactly once overall.
     """
 
     def __init__(
-        self, index: np.ndarray, batch_size: int, train: bool, seed: int, epoch: int, rank: int, world: int
+        self,
+        index: np.ndarray,
+        batch_size: int,
+        train: bool,
+        seed: int,
+        epoch: int,
+        rank: int,
+        world: int,
+        limit: int | None = None,
     ) -> None:
         if train:
             order = np.random.default_rng([seed, epoch]).permutation(index)
@@ -291,7 +311,7 @@ class ShardedBatches:
             order = index
         shard = order[rank::world]
         stop = len(shard) - len(shard) % batch_size if train else len(shard)
-        self.batches = [shard[i : i + batch_size].tolist() for i in range(0, stop, batch_size)]
+        self.batches = [shard[i : i + batch_size].tolist() for i in range(0, stop, batch_size)][:limit]
 
     def __len__(self) -> int:
         return len(self.batches)

@@ -1,4 +1,5 @@
-"""metrics.csv that a resumed run continues instead of replacing."""
+"""metrics.csv that a resumed run continues instead of replacing, and the run's config in the
+other loggers (TensorBoard, wandb, MLflow)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import os
 import warnings
 from pathlib import Path
 
-from pytorch_lightning.loggers import CSVLogger
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import CSVLogger, Logger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
 METRICS = "metrics.csv"
@@ -51,3 +53,13 @@ def keep_rows_before(folder: Path, step: int) -> None:
         writer.writeheader()
         writer.writerows(rows)
     os.replace(tmp, path)
+
+
+def log_config(loggers: list[Logger], cfg: DictConfig) -> None:
+    """The resolved config as each logger's hyperparameters (flattened to a.b.c keys by
+    Lightning), so runs compare by any setting; the CSV logger's copy would only repeat the run
+    folder's .hydra/config.yaml."""
+    params = OmegaConf.to_container(cfg, resolve=True)
+    for logger in loggers:
+        if not isinstance(logger, CSVLogger):
+            logger.log_hyperparams(params)

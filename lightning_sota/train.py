@@ -28,7 +28,7 @@ from .checks import ConfigError, check_config
 from .config import CONFIG_DIR
 from .data import ImagenetteDataModule
 from .interpret import interpret
-from .loggers import keep_rows_before
+from .loggers import keep_rows_before, log_config
 from .module import ImageClassifier, NonFiniteLossError
 from .results import is_complete, summarize, write_json
 from .show_batch import ShowBatch
@@ -70,6 +70,7 @@ def build(cfg: DictConfig, run_dir: Path) -> Run:
         *([instantiate(cfg.weight_averaging)] if cfg.get("weight_averaging") else []),
     ]
     loggers = [instantiate(c) for c in cfg.logger.values()]
+    log_config(loggers, cfg)
     try:
         trainer: pl.Trainer = instantiate(
             cfg.trainer,
