@@ -135,6 +135,7 @@ class ImagenetteDataModule(pl.LightningDataModule):
         self.holdout, self.holdout_seed = holdout, holdout_seed
         self.epoch = 0
         self.test_split = "val"
+        self.validate = True
         self.cache_seconds = 0.0
         self._ready = False
 
@@ -245,7 +246,10 @@ class ImagenetteDataModule(pl.LightningDataModule):
         return self._loader(split, phase.size, self.val_batch_size or 2 * phase.batch_size)
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
-        """The val split; with a holdout, the holdout too (dataloader_idx 1)."""
+        """The val split; with a holdout, the holdout too (dataloader_idx 1); none while
+        ``validate`` is off (lr_find's steps, which Lightning would validate every epoch)."""
+        if not self.validate:
+            return []
         val = self._scoring_loader("val")
         return [val, self._scoring_loader("holdout")] if len(self.holdout_index) else val
 

@@ -48,6 +48,7 @@ class ImageClassifier(pl.LightningModule):
         self.model, self.augment, self.normalize, self.loss = model, augment, normalize, loss
         self.optimizer_factory, self.schedule_factory, self.mix = optimizer, schedule, mix
         self.channels_last = channels_last
+        self.stop_on_non_finite = True  # lr_find turns it off: its search ends where the loss blows up
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.holdout_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -74,6 +75,9 @@ class ImageClassifier(pl.LightningModule):
         # queued right after, so the device idles about one kernel launch. Deferring the read
         # would need an async copy and an event; not worth it before a GPU measures the gap.
         if not torch.isfinite(loss):
+            if not self.stop_on_non_finite:
+                self.trainer.should_stop = True
+                return loss
             raise NonFiniteLossError(
                 f"loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step}: training "
                 "stopped (the last good checkpoint is kept); lower optim.lr or try trainer.precision=32"

@@ -29,6 +29,7 @@ from .config import CONFIG_DIR
 from .data import ImagenetteDataModule
 from .interpret import interpret
 from .loggers import keep_rows_before, log_config
+from .lr_find import find_lr
 from .module import ImageClassifier, NonFiniteLossError
 from .results import is_complete, summarize, write_json
 from .show_batch import ShowBatch
@@ -107,9 +108,21 @@ def build_module(cfg: DictConfig, classes: list[str]) -> ImageClassifier:
     )
 
 
-def train(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict:
+def train(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict | None:
     run = build(cfg, run_dir)
     data, module, trainer, history, tta = run.data, run.module, run.trainer, run.history, run.tta
+    lr_found = None
+    if cfg.lr_find and not ckpt_path:
+        lr_found = find_lr(trainer, module, data, run_dir)
+        log.info(
+            "lr_find: valley suggests %.2e (optim.lr=%s); curve in lr_find.png",
+            lr_found["suggestion"],
+            cfg.optim.lr,
+        )
+        if cfg.lr_find == "only":
+            if trainer.is_global_zero:
+                write_json(run_dir / "lr_find.json", lr_found)
+            return None
     start = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     train_seconds = history.seconds_before + time.perf_counter() - start
@@ -143,6 +156,7 @@ def train(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict
             normalize=module.normalize.stats(),
         )
         | interpretation
+        | ({"lr_find": {k: v for k, v in lr_found.items() if k not in ("lr", "loss")}} if lr_found else {})
     )
     if trainer.is_global_zero:
         write_json(run_dir / "results.json", results)
@@ -244,6 +258,8 @@ def run(cfg: DictConfig) -> float | None:
         keep_rows_before(run_dir, ckpt["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"])
     log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
     results = train(cfg, run_dir, ckpt_path)
+    if results is None:  # lr_find=only
+        return None
     return results[results["selected_on"]]  # what a sweeper maximises: the holdout when there is one
 
 

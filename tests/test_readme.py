@@ -150,7 +150,12 @@ def train_cli(project: Path, environ: dict, argv: list[str]) -> None:
     resume = next((a.split("=", 1)[1] for a in args if a.startswith("resume=")), None)
     if resume:
         return resume_cli(project, environ, args, resume)
-    pattern = "outputs/multiruns/*/*/results.json" if multirun else "outputs/runs/*/*/results.json"
+    if "lr_find=only" in args:  # the finder's curve and suggestion, no training
+        return lr_find_cli(project, environ, args)
+    outputs = "outputs/debug" if any(a.startswith("debug=") for a in args) else "outputs"
+    pattern = f"{outputs}/multiruns/*/*/results.json" if multirun else f"{outputs}/runs/*/*/results.json"
+    if outputs == "outputs/debug":
+        pattern = pattern.replace("/runs/", "/")
     before, sweeps = results(project, pattern), set(project.glob("outputs/multiruns/*"))
     run(project, [sys.executable, "train.py", *args], environ)
     count = sweep_size(args) if multirun else 1
@@ -169,7 +174,22 @@ def train_cli(project: Path, environ: dict, argv: list[str]) -> None:
     experiments = next((a.split("=")[1].split(",") for a in args if a.startswith("+experiment=")), None)
     if experiments and not multirun:
         assert runs[0]["experiment"] == experiments[0]
-        assert len(list(project.glob(f"outputs/runs/{experiments[0]}/*/results.json"))) >= 1
+        assert len(list(project.glob(f"{pattern.split('*')[0]}{experiments[0]}/*/results.json"))) >= 1
+    if "logger=wandb" in args:  # the offline W&B run sits in the run folder
+        (new,) = results(project, pattern) - before
+        assert list(new.parent.glob("wandb/offline-run-*/run-*.wandb"))
+
+
+def lr_find_cli(project: Path, environ: dict, args: list[str]) -> None:
+    experiment = next(a.split("=")[1] for a in args if a.startswith("+experiment="))
+    before = set(project.glob(f"outputs/runs/{experiment}/*"))
+    run(project, [sys.executable, "train.py", *args], environ)
+    (folder,) = set(project.glob(f"outputs/runs/{experiment}/*")) - before
+    found = json.loads((folder / "lr_find.json").read_text())
+    assert found["method"] == "valley" and len(found["lr"]) == len(found["loss"]) == found["steps"]
+    with Image.open(folder / "lr_find.png") as picture:
+        assert picture.format == "PNG"
+    assert not (folder / "results.json").exists() and not (folder / "checkpoints").exists()
 
 
 def killed_run(project: Path, environ: dict, experiment: str) -> Path:
