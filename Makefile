@@ -40,11 +40,16 @@ $(TEST_STAMP): $(BENCH_STAMP)
 	$(PIP_INSTALL) -e '.[dev,bench,export,loggers]'
 	touch $(TEST_STAMP)
 
+# Two pytest-xdist workers: most of a test's time is one Python process starting, composing and
+# writing (one core); tests that share a fixture are one xdist_group, kept on one worker.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
+
 test: install-test
-	$(PY) -m pytest $(ARGS)
+	$(PYTEST) $(ARGS)
 
 test-fast: install-test
-	$(PY) -m pytest -m "not slow" $(ARGS)
+	$(PYTEST) -m "not slow" $(ARGS)
 
 # The chapter's table: experiments x seeds as one Hydra multirun, then the report. A rerun skips
 # the jobs that already wrote a complete results.json.

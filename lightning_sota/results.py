@@ -67,6 +67,10 @@ def summarize(
         "cache_seconds": round(cache_seconds, 2),
         "test_seconds": None if test_seconds is None else round(test_seconds, 2),
         "train_images_per_second": round(train_images / step_seconds, 1),
+        # the validation passes' rate (val and holdout images), for predict's to be read against
+        "val_images_per_second": round(
+            (sum(row["val_images"] for row in history) + held * len(history)) / max(val_seconds, 1e-9), 1
+        ),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "precision": precision,
         "device": device,

@@ -16,6 +16,9 @@ from .test_train import CONTRACT, run_train
 
 EXPERIMENTS = ["baseline", "normalize", "progressive_resize", "tta", "mixup", "label_smoothing", "sota"]
 
+# One worker under pytest-xdist (make test): its tests share one module fixture.
+pytestmark = pytest.mark.xdist_group("experiments")
+
 
 def cpu_precision() -> str:
     """The default precision this CPU should get, read from the kernel's CPU flags: bf16 autocast
@@ -61,6 +64,7 @@ def test_baseline_learns_and_writes_the_contract(sweep):
     assert res["val_acc"] == hist[-1]["val_acc"] > 0.1 and res["best_val_acc"] >= res["val_acc"]
     # The first job of the sweep built the cache; the others reused it.
     assert res["train_seconds"] > 0 and res["cache_seconds"] > 0 and res["train_images_per_second"] > 0
+    assert res["val_images_per_second"] > 0
     assert json.loads((sweep / "normalize" / "results.json").read_text())["cache_seconds"] == 0
 
     assert (run / ".hydra" / "config.yaml").exists()

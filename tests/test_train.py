@@ -24,6 +24,7 @@ CONTRACT = {
     "cache_seconds",
     "test_seconds",
     "train_images_per_second",
+    "val_images_per_second",
     "precision",
     "device",
     "dataset",
