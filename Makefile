@@ -40,10 +40,12 @@ $(TEST_STAMP): $(BENCH_STAMP)
 	$(PIP_INSTALL) -e '.[dev,bench,export,loggers]'
 	touch $(TEST_STAMP)
 
-# Two pytest-xdist workers: most of a test's time is one Python process starting, composing and
-# writing (one core); tests that share a fixture are one xdist_group, kept on one worker.
+# Two pytest-xdist workers, each taking whole files (--dist loadfile): a file's tests share its
+# module fixtures and run in order (test_readme.py's commands use earlier ones' outputs). Much of
+# a test's time is one Python process starting, composing and writing, on one core.
+# (--dist loadgroup would be finer, but its xdist_group marks are ignored under pytest 9.)
 TEST_WORKERS ?= 2
-PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
+PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test: install-test
 	$(PYTEST) $(ARGS)

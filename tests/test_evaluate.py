@@ -10,9 +10,6 @@ import pytest
 
 from .conftest import COLOURS, ROOT, write_image
 
-# One worker under pytest-xdist (make test): the session fixture trained_run is built once.
-pytestmark = pytest.mark.xdist_group("trained_run")
-
 
 def evaluate(*args: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "lightning_sota.evaluate", *args]

@@ -16,9 +16,6 @@ from .test_train import CONTRACT, run_train
 
 EXPERIMENTS = ["baseline", "normalize", "progressive_resize", "tta", "mixup", "label_smoothing", "sota"]
 
-# One worker under pytest-xdist (make test): its tests share one module fixture.
-pytestmark = pytest.mark.xdist_group("experiments")
-
 
 def cpu_precision() -> str:
     """The default precision this CPU should get, read from the kernel's CPU flags: bf16 autocast

@@ -16,9 +16,6 @@ from lightning_sota.predict import Predictor
 
 from .conftest import ROOT
 
-# One worker under pytest-xdist (make test): the session fixture trained_run is built once.
-pytestmark = pytest.mark.xdist_group("trained_run")
-
 
 @pytest.mark.slow
 def test_onnx_export_agrees_with_pytorch_on_every_mini_val_image(trained_run, mini, tmp_path):

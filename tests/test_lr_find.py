@@ -41,7 +41,6 @@ def test_trimmed_drops_what_fastai_drops():
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("trained_run")  # one worker builds the fixture
 def test_lr_find_then_the_same_fit(trained_run, tmp_path):
     """lr_find=true: the suggestion in results.json and lr_find.png, then the fit the run has
     without it (the search's steps are undone and its RNG draws forked)."""

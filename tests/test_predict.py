@@ -92,7 +92,6 @@ def test_batches_give_the_caches_validation_view(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("trained_run")  # one worker builds the fixture
 def test_batched_predict_agrees_with_evaluate_image_by_image(trained_run, mini):
     """Every mini val image: the CLI's class is the one the run's validation pass gives it, its
     probability the same, and its accuracy is evaluate's (the run's val_acc) exactly."""

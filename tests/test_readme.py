@@ -35,9 +35,6 @@ from .conftest import MINI, ROOT
 README = ROOT / "README.md"
 COMMAND = re.compile(r"^(?:[A-Z_]+=\S+\s+)*(?:make|python)\s")
 
-# One worker under pytest-xdist (make test): its tests share one module fixture.
-pytestmark = pytest.mark.xdist_group("readme")
-
 
 def readme_commands() -> list[str]:
     """The command lines of README.md's fenced code blocks, comments stripped, in order."""

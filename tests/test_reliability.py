@@ -29,9 +29,6 @@ from .test_acquire import make_tgz
 
 PROGRESSIVE = ["+experiment=progressive_resize", "scale=smoke", "scale.progressive.1.epochs=4"]
 
-# One worker under pytest-xdist (make test): its tests share one module fixture.
-pytestmark = pytest.mark.xdist_group("reliability")
-
 
 def train_cmd(run_dir: Path, cache: Path, *overrides: str) -> list[str]:
     return [sys.executable, "train.py", f"hydra.run.dir={run_dir}", f"data.cache_dir={cache}", *overrides]
