@@ -40,18 +40,11 @@ $(TEST_STAMP): $(BENCH_STAMP)
 	$(PIP_INSTALL) -e '.[dev,bench,export,loggers]'
 	touch $(TEST_STAMP)
 
-# Two pytest-xdist workers, each taking whole files (--dist loadfile): a file's tests share its
-# module fixtures and run in order (test_readme.py's commands use earlier ones' outputs). Much of
-# a test's time is one Python process starting, composing and writing, on one core.
-# (--dist loadgroup would be finer, but its xdist_group marks are ignored under pytest 9.)
-TEST_WORKERS ?= 2
-PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
-
 test: install-test
-	$(PYTEST) $(ARGS)
+	$(PY) -m pytest $(ARGS)
 
 test-fast: install-test
-	$(PYTEST) -m "not slow" $(ARGS)
+	$(PY) -m pytest -m "not slow" $(ARGS)
 
 # The chapter's table: experiments x seeds as one Hydra multirun, then the report. A rerun skips
 # the jobs that already wrote a complete results.json.

@@ -256,6 +256,14 @@ def module_cli(project: Path, environ: dict, argv: list[str]) -> None:
         run(project, [sys.executable, "-m", module, *args], environ)
         trained, scored = (json.loads((latest / f).read_text()) for f in ("results.json", "eval.json"))
         assert scored["accuracy"] == trained["val_acc"] and scored["tta_acc"] == trained["tta_acc"]
+    elif module == "lightning_sota.export":  # the newest sota run as ONNX, with its description
+        (folder,) = [a for a in args if "<time>" in a]
+        latest = max(project.glob(f"outputs/runs/{Path(folder).parts[2]}/*/results.json")).parent
+        args = [str(latest.relative_to(project)) if a == folder else a for a in args]
+        run(project, [sys.executable, "-m", module, *args], environ)
+        out = project / args[args.index("--onnx") + 1]
+        meta = json.loads(out.with_suffix(".json").read_text())
+        assert out.stat().st_size == meta["bytes"] > 1_000_000 and len(meta["classes"]) == 10
     elif module == "lightning_sota.show_batch":  # a picture of the config's first batch, no run
         before = results(project, "outputs/**/results.json")
         proc = run(project, [sys.executable, "-m", module, *small_overrides(args)], environ)
