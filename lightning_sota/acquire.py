@@ -18,6 +18,8 @@ from pathlib import Path
 
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
+from .locks import exclusive
+
 # torchvision's Imagenette archives (torchvision.datasets.Imagenette._ARCHIVES).
 BASE_URL = "https://s3.amazonaws.com/fast-ai-imageclas"
 ARCHIVES: dict[str, tuple[str, str]] = {
@@ -56,14 +58,19 @@ def resolve_root(
         )
     created = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
+    lock = root / f".{archive}.lock"  # ranks started together download it once, not into one .part
     try:
-        path = download_file(f"{base_url.rstrip('/')}/{archive}", root / archive, md5)
+        with exclusive(lock, archive):
+            if not has_splits(target):  # else the process we waited for fetched it
+                path = download_file(f"{base_url.rstrip('/')}/{archive}", root / archive, md5)
+                extract_archive(path, target)
+                path.unlink()
     except DataError:
-        if created and not any(root.iterdir()):  # a first run that got nothing leaves no trace
-            root.rmdir()
+        if {p.name for p in root.iterdir()} <= {lock.name}:  # a run that got nothing leaves no trace
+            lock.unlink(missing_ok=True)
+            if created:
+                root.rmdir()
         raise
-    extract_archive(path, target)
-    path.unlink()
     if not has_splits(target):
         raise DataError(f"{archive} did not contain train/ and val/: delete {target} and check data.variant")
     return target

@@ -16,6 +16,7 @@ import hashlib
 import math
 import os
 import shutil
+import socket
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -26,6 +27,8 @@ from pathlib import Path
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
 from rich.progress import Progress
+
+from .locks import exclusive, usable_cpus
 
 # 2: EXIF orientation applied (phone photos stored upright); caches of version 1 are rebuilt.
 CACHE_VERSION = 2
@@ -154,11 +157,10 @@ def _chunks(seq: Sequence, size: int) -> list:
 
 
 def _remove_stale(cache_dir: Path) -> None:
-    """Drop temporary folders of builds whose process is gone (killed runs)."""
+    """Drop the temporary folders of killed builds. Called under the build lock, which every
+    build holds until its rename: any temporary folder left is a dead one's, on any host."""
     for tmp in cache_dir.glob("*.tmp-*"):
-        pid = tmp.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _load(folder: Path, built: bool, seconds: float) -> ImageCache:
@@ -188,8 +190,16 @@ def build_cache(
     if (final / "meta.npz").exists():
         return _load(final, built=False, seconds=time.perf_counter() - start)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    _remove_stale(cache_dir)
-    workers = (os.cpu_count() or 1) if workers is None else workers
+    with exclusive(cache_dir / ".build.lock", f"the {presize}px cache in {cache_dir}"):
+        if (final / "meta.npz").exists():  # the process we waited for built it
+            return _load(final, built=False, seconds=time.perf_counter() - start)
+        _remove_stale(cache_dir)
+        _build(files, presize, max_aspect, final, usable_cpus() if workers is None else workers)
+    return _load(final, built=True, seconds=time.perf_counter() - start)
+
+
+def _build(files: Sequence[Path], presize: int, max_aspect: float, final: Path, workers: int) -> None:
+    """Decode ``files`` into a temporary folder beside ``final``, then rename it into place."""
     names = [str(f) for f in files]
 
     size_chunks = _chunks(names, 256)
@@ -214,8 +224,7 @@ def build_cache(
         transposed[i] = flip
         items.append((i, names[i], top, left, short, long, flip))
 
-    tmp = cache_dir / f"{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = final.with_name(f"{final.name}.tmp-{socket.gethostname()}-{os.getpid()}")
     tmp.mkdir()
     try:
         np.lib.format.open_memmap(
@@ -225,11 +234,6 @@ def build_cache(
         for failed in _map(_decode_chunk, chunks, workers, f"presize {n} images to {presize}px"):
             ok[failed] = False
         np.savez(tmp / "meta.npz", boxes=boxes, transposed=transposed, ok=ok)
-        try:
-            os.rename(tmp, final)
-        except OSError:  # another run finished the same cache first: use theirs
-            if not (final / "meta.npz").exists():
-                raise
+        os.rename(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return _load(final, built=True, seconds=time.perf_counter() - start)

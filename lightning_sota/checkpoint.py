@@ -60,6 +60,9 @@ def restore(target: str | Path, overrides: list[str] = (), free: tuple[str, ...]
                 f"{override}: a checkpoint is used as it was trained; only {', '.join(free)} may change"
             )
     cfg.merge_with_dotlist(list(overrides))
+    # Scored eagerly whatever the run trained with: compiling costs more than scoring a folder,
+    # and torch.export (ONNX) traces the plain module.
+    OmegaConf.update(cfg, "model.compile", False)
     module = build_module(cfg, meta["classes"])
     module.load_state_dict(ckpt["state_dict"])
     module.eval()

@@ -40,6 +40,9 @@ REFUSED_TRAINER = {
 }
 
 
+COMPILE_MODES = ("default", "lite", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 class ConfigError(ValueError):
     """An invalid setting; the message names the key and the valid range."""
 
@@ -72,6 +75,10 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"augment.pad_mode={cfg.augment.pad_mode!r}: use reflection (fastai's) or border")
     if cfg.tta and cfg.tta.n < 1:
         raise ConfigError(f"tta.n={cfg.tta.n}: must be >= 1")
+    compile_mode = cfg.model.get("compile", False)
+    if not isinstance(compile_mode, bool) and compile_mode not in COMPILE_MODES:
+        modes = ", ".join(COMPILE_MODES)
+        raise ConfigError(f"model.compile={compile_mode!r}: use true, false or a torch.compile mode: {modes}")
     check_trainer(cfg)
 
 
@@ -104,6 +111,30 @@ def check_trainer(cfg: DictConfig) -> None:
             "inside its step, too late to clip; use trainer.precision=bf16-mixed or optim.fused=false"
         )
     check_devices(trainer)
+
+
+def check_multirun(trainer: DictConfig, multirun: bool) -> None:
+    """Lightning starts the other DDP ranks by running the command again: under Hydra's -m each
+    rank would run the whole sweep (Lightning issue #15689). SLURM and torchrun start the ranks
+    themselves, and ddp_spawn/ddp_fork start them inside the job."""
+    strategy = str(trainer.get("strategy", "auto"))
+    relaunches = strategy.startswith("ddp") and not any(k in strategy for k in ("spawn", "fork", "notebook"))
+    if multirun and relaunches and not cluster_launched():
+        raise ConfigError(
+            f"trainer.strategy={strategy} under -m: Lightning's launcher would run the whole sweep "
+            "again in every rank; run the jobs one by one, or sweep with hydra/launcher=slurm "
+            "(or under torchrun), or use trainer.strategy=ddp_spawn"
+        )
+
+
+def check_batch_split(batch_sizes: list[int], world: int) -> None:
+    """A phase's batch_size is the global batch (data.ShardedBatches): it must split evenly."""
+    for batch_size in batch_sizes:
+        if batch_size % world:
+            raise ConfigError(
+                f"batch_size={batch_size} does not split over {world} ranks: batch sizes are global "
+                f"(each rank takes batch_size/{world}); make every phase's batch_size a multiple of {world}"
+            )
 
 
 def cluster_launched() -> bool:

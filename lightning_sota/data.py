@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .acquire import DataError, resolve_root
 from .cache import ImageCache, build_cache
+from .checks import check_batch_split
 
 log = logging.getLogger(__name__)
 
@@ -152,11 +153,11 @@ class ImagenetteDataModule(pl.LightningDataModule):
         return sum(p.epochs for p in self.phases)
 
     def train_batches(self, phase: Phase) -> int:
-        """Training batches per epoch on each rank: drop_last (as fastai trains), then the
-        Trainer's ``limit_train_batches`` the way Lightning applies it (int: at most that many;
-        float: that fraction, rounded down)."""
-        world = self.trainer.world_size if self.trainer is not None else 1
-        batches = len(self.train_index) // world // phase.batch_size
+        """Training steps per epoch, the same on every rank and any number of ranks (global
+        batches, ShardedBatches): drop_last (as fastai trains), then the Trainer's
+        ``limit_train_batches`` the way Lightning applies it (int: at most that many; float:
+        that fraction, rounded down)."""
+        batches = len(self.train_index) // phase.batch_size
         if self.overfit_batches:
             batches = min(batches, self.overfit_batches)
         limit = self.trainer.limit_train_batches if self.trainer is not None else 1.0
@@ -292,9 +293,11 @@ class ShardedBatches:
     """Batches of dataset indices for one epoch and one rank.
 
     Training: a shuffle seeded by (seed, epoch), the same on every rank, so a resumed run and
-    every DDP rank agree without shared state; each rank takes every world-th image and the
-    last incomplete batch is dropped; ``limit``: only the first batches. Validation: in order,
-    every image exactly once overall.
+    every DDP rank agree without shared state, cut into global batches of ``batch_size`` (the
+    last incomplete one dropped, as fastai trains); rank r takes the r-th of ``world`` equal
+    slices of each. So ``batch_size`` is the recipe's global batch on any number of devices:
+    the same steps per epoch, schedule and lr as on one. ``limit``: only the first batches.
+    Validation: ``batch_size`` per rank, in order, every image exactly once overall.
     """
 
     def __init__(
@@ -309,13 +312,14 @@ class ShardedBatches:
         limit: int | None = None,
     ) -> None:
         if train:
+            check_batch_split([batch_size], world)
             order = np.random.default_rng([seed, epoch]).permutation(index)
-            order = order[: len(order) - len(order) % world]  # equal shards: equal step counts
+            per_rank = batch_size // world
+            starts = range(rank * per_rank, len(order) - batch_size + 1, batch_size)
+            self.batches = [order[i : i + per_rank].tolist() for i in starts][:limit]
         else:
-            order = index
-        shard = order[rank::world]
-        stop = len(shard) - len(shard) % batch_size if train else len(shard)
-        self.batches = [shard[i : i + batch_size].tolist() for i in range(0, stop, batch_size)][:limit]
+            shard = index[rank::world]
+            self.batches = [shard[i : i + batch_size].tolist() for i in range(0, len(shard), batch_size)]
 
     def __len__(self) -> int:
         return len(self.batches)

@@ -31,9 +31,14 @@ def fastai_init(model: nn.Module) -> nn.Module:
 
 
 def create_model(
-    arch: str = "xresnet50", num_classes: int = 10, channels_last: bool = True, **kwargs
+    arch: str = "xresnet50",
+    num_classes: int = 10,
+    channels_last: bool = True,
+    compile: bool | str = False,
+    **kwargs,
 ) -> nn.Module:
-    """``arch``: an xresnet name (timm's resnet*d with fastai's init) or any timm model name."""
+    """``arch``: an xresnet name (timm's resnet*d with fastai's init) or any timm model name.
+    ``compile``: true, or a ``torch.compile`` mode ("reduce-overhead", "max-autotune")."""
     if arch in XRESNETS:
         model = fastai_init(timm.create_model(XRESNETS[arch], num_classes=num_classes, **kwargs))
     else:
@@ -46,4 +51,16 @@ def create_model(
             ) from err
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if compile:
+        # In place (nn.Module.compile), not torch.compile(model): the state_dict keeps its keys,
+        # so checkpoints, resume, evaluate and export read a compiled run like any other.
+        model.compile(mode=None if compile is True else compile)
     return model
+
+
+def compiled_graphs() -> int:
+    """Graphs torch.compile has built in this process (dynamo's own count): a few per run (train,
+    validation, each new size); dozens would mean it recompiles batch after batch."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
@@ -14,6 +15,11 @@ from torchmetrics.classification import MulticlassAccuracy
 from .augment import BatchAugment
 from .mix import mixed_loss
 from .normalize import Normalize
+
+
+def step_seed(seed: int, rank: int, epoch: int, batch: int) -> int:
+    """A seed for one training step of one rank, well mixed (numpy's SeedSequence)."""
+    return int(np.random.SeedSequence([seed, rank, epoch, batch]).generate_state(1, np.uint64)[0] >> 1)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -41,8 +47,10 @@ class ImageClassifier(pl.LightningModule):
         channels_last: bool = True,
         classes: list[str] | None = None,
         config: dict | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
+        self.seed = seed
         self.classes = classes or [str(i) for i in range(num_classes)]
         self.config = config or {}  # the resolved run config: saved in checkpoints for resume/predict
         self.model, self.augment, self.normalize, self.loss = model, augment, normalize, loss
@@ -64,6 +72,16 @@ class ImageClassifier(pl.LightningModule):
     def predict_probs(self, x: Tensor) -> Tensor:
         return self.model(x).float().softmax(1)
 
+    def seed_draws(self, batch_idx: int) -> None:
+        """Each step's draws (crop, flip, warp, lighting, MixUp's λ and partners) come from (seed,
+        rank, epoch, batch): after one seed_everything every DDP rank would draw the same ones,
+        and a resumed run draws what the uninterrupted one did with no RNG state in the
+        checkpoint (a saved CUDA state belongs to one device set, and breaks on fewer GPUs)."""
+        torch.manual_seed(step_seed(self.seed, self.global_rank, self.current_epoch, batch_idx))
+
+    def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        self.seed_draws(batch_idx)
+
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         x, y = self.prepare(batch, train=True), batch["label"]
         if self.mix is None:
@@ -74,13 +92,17 @@ class ImageClassifier(pl.LightningModule):
         # One host read per step: on a GPU it waits for this forward only, and the backward is
         # queued right after, so the device idles about one kernel launch. Deferring the read
         # would need an async copy and an event; not worth it before a GPU measures the gap.
-        if not torch.isfinite(loss):
+        finite = bool(torch.isfinite(loss))
+        # Every rank decides together: a rank that stopped alone would leave the others blocked
+        # in the gradient all-reduce until the process-group timeout.
+        if not self.trainer.strategy.reduce_boolean_decision(finite, all=True):
             if not self.stop_on_non_finite:
                 self.trainer.should_stop = True
                 return loss
+            where = f"loss is {loss.item()}" if not finite else "the loss of another DDP rank is not finite"
             raise NonFiniteLossError(
-                f"loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step}: training "
-                "stopped (the last good checkpoint is kept); lower optim.lr or try trainer.precision=32"
+                f"{where} at epoch {self.current_epoch}, step {self.global_step}: training stopped "
+                "(the last good checkpoint is kept); lower optim.lr or try trainer.precision=32"
             )
         self.log(
             "train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x), sync_dist=True
@@ -105,8 +127,8 @@ class ImageClassifier(pl.LightningModule):
         return probs
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """What a user of the weights needs, and the RNG for an exact resume; plain types and
-        tensors only, so the file loads with ``torch.load(..., weights_only=True)``."""
+        """What a user of the weights needs; plain types and tensors only, so the file loads
+        with ``torch.load(..., weights_only=True)``. No RNG state: see on_train_batch_start."""
         data = self.trainer.datamodule
         checkpoint["lightning_sota"] = {
             "classes": list(self.classes),
@@ -117,16 +139,6 @@ class ImageClassifier(pl.LightningModule):
             "model": self.config.get("model", {}),
             "config": self.config,
         }
-        checkpoint["rng"] = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        rng = checkpoint.get("rng", {})
-        if "torch" in rng:
-            torch.set_rng_state(rng["torch"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
 
     def configure_optimizers(self) -> dict:
         optimizer = self.optimizer_factory(self.model)

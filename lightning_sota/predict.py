@@ -16,7 +16,6 @@ import argparse
 import contextlib
 import functools
 import json
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -32,6 +31,7 @@ from .cache import load_image, place, stored_shape, upright_size
 from .checkpoint import restore, scoring_trainer
 from .checks import ConfigError
 from .data import IMAGE_SUFFIXES
+from .locks import usable_cpus
 from .tta import TestTimeAugmentation
 
 
@@ -95,7 +95,7 @@ class Predictor:
         self.tta = instantiate(tta) if tta else TestTimeAugmentation(seed=self.run.config.seed)
 
     def loader(self, paths: list[Path], batch_size: int = 64, workers: int | None = None) -> DataLoader:
-        workers = min(4, os.cpu_count() or 1) if workers is None else workers
+        workers = min(4, usable_cpus()) if workers is None else workers
         files = ImageFiles(paths, self.run.presize, self.run.max_aspect)
         return DataLoader(
             files,

@@ -34,6 +34,7 @@ def summarize(
     val_seconds: float,
     precision: str,
     device: str,
+    world_size: int,
     dataset: dict,
     normalize: dict | None,
 ) -> dict:
@@ -46,9 +47,9 @@ def summarize(
     splits = {"val_acc": f"val: the official validation split ({dataset['val']} images)"}
     splits["tta_acc"] = splits["val_acc"]
     if held:
-        seed = dataset["holdout_seed"]
         splits["holdout_acc"] = (
-            f"holdout: {held} train images, stratified by class, seed {seed}, not trained on"
+            f"holdout: {held} train images, stratified by class, seed {dataset['holdout_seed']}, "
+            "not trained on"
         )
     return {
         "experiment": name,
@@ -74,6 +75,8 @@ def summarize(
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "precision": precision,
         "device": device,
+        # DDP ranks: each phase's batch_size is the global batch, batch_size/world_size per rank
+        "world_size": world_size,
         "normalize": normalize,
         "dataset": dataset,
     }

@@ -31,6 +31,7 @@ from torch import Tensor  # noqa: E402
 from .acquire import DataError  # noqa: E402
 from .checks import ConfigError, check_config  # noqa: E402
 from .config import compose_config  # noqa: E402
+from .module import step_seed  # noqa: E402
 
 
 def save_grid(images: Tensor, titles: list[str], path: Path, title: str, n: int = 9) -> Path:
@@ -42,7 +43,10 @@ def save_grid(images: Tensor, titles: list[str], path: Path, title: str, n: int 
     pick = torch.linspace(0, len(images) - 1, k).round().long()
     cols = math.ceil(math.sqrt(k))
     rows = math.ceil(k / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.6 * rows + 0.4), squeeze=False)
+    lines = max(titles[i].count("\n") + 1 for i in pick.tolist())  # top_losses titles take two
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(2.4 * cols, (2.4 + 0.2 * lines) * rows + 0.4), squeeze=False
+    )
     pictures = images[pick].detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
     for ax, picture, i in zip(axes.flat, pictures, pick.tolist(), strict=False):
         ax.imshow(picture, interpolation="nearest")
@@ -64,9 +68,9 @@ def save_figure(fig: plt.Figure, path: Path, dpi: int = 100) -> Path:
 
 
 class ShowBatch(pl.Callback):
-    """Saves the first training batch of a fit, augmented exactly as the first step sees it: the
-    augmentation runs under a forked RNG, so the step then draws the same crops and the training
-    itself is unchanged."""
+    """Saves the first training batch of a fit, augmented exactly as the first step sees it: with
+    the step's own seed (ImageClassifier.seed_draws), under a forked RNG, so the training itself
+    is unchanged."""
 
     def __init__(self, path: Path, n: int = 9) -> None:
         self.path, self.n = Path(path), n
@@ -78,6 +82,7 @@ class ShowBatch(pl.Callback):
             return
         device = batch["image"].device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+            pl_module.seed_draws(batch_idx)
             images = pl_module.augment(batch, train=True)
         name = pl_module.config.get("name", "run")
         title = f"{name}: first training batch, {int(batch['size'])} px"
@@ -89,11 +94,11 @@ def first_batch(overrides: list[str], valid: bool) -> tuple[Tensor, list[str], s
     """The config's first batch of its first phase, augmented (or centre-cropped)."""
     cfg = compose_config(overrides)
     check_config(cfg)
-    pl.seed_everything(cfg.seed, verbose=False)
     data = instantiate(cfg.data)
     data.setup("fit")
     loader = data.val_dataloader() if valid else data.train_dataloader()
     batch = next(iter(loader[0] if isinstance(loader, list) else loader))
+    torch.manual_seed(step_seed(cfg.seed, 0, 0, 0))  # the draws of the run's first step on rank 0
     images = instantiate(cfg.augment)(batch, train=not valid)
     view = "validation (centre crop)" if valid else "training"
     titles = [data.classes[label] for label in batch["label"].tolist()]

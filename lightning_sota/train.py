@@ -17,6 +17,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
@@ -24,12 +25,13 @@ from pytorch_lightning.plugins.io import AsyncCheckpointIO
 
 from .acquire import DataError
 from .callbacks import History, ProgressiveResize
-from .checks import ConfigError, check_config
+from .checks import ConfigError, check_batch_split, check_config, check_multirun
 from .config import CONFIG_DIR
 from .data import ImagenetteDataModule
 from .interpret import interpret
 from .loggers import keep_rows_before, log_config
 from .lr_find import find_lr
+from .models import compiled_graphs
 from .module import ImageClassifier, NonFiniteLossError
 from .results import is_complete, summarize, write_json
 from .show_batch import ShowBatch
@@ -69,6 +71,7 @@ def build(cfg: DictConfig, run_dir: Path) -> Run:
         ShowBatch(run_dir / "show_batch.png"),
         *([tta] if tta else []),
         *([instantiate(cfg.weight_averaging)] if cfg.get("weight_averaging") else []),
+        *(instantiate(c) for c in cfg.get("callbacks", {}).values()),
     ]
     loggers = [instantiate(c) for c in cfg.logger.values()]
     log_config(loggers, cfg)
@@ -86,6 +89,7 @@ def build(cfg: DictConfig, run_dir: Path) -> Run:
         )
     except InstantiationException as err:  # Lightning's own refusal, or an unknown trainer.<key>
         raise ConfigError(f"trainer: {err.__cause__ or err}") from err
+    check_batch_split([p.batch_size for p in data.phases], trainer.world_size)
     data.setup("fit")  # acquire and build the presize caches now: reported apart from the fit
 
     return Run(data, build_module(cfg, data.classes), trainer, history, tta)
@@ -105,6 +109,7 @@ def build_module(cfg: DictConfig, classes: list[str]) -> ImageClassifier:
         channels_last=cfg.model.channels_last,
         classes=classes,
         config=OmegaConf.to_container(cfg, resolve=True),
+        seed=cfg.seed,
     )
 
 
@@ -152,11 +157,17 @@ def train(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict
             val_seconds=history.val_seconds,
             precision=str(trainer.precision),
             device=trainer.strategy.root_device.type,
+            world_size=trainer.world_size,
             dataset=data.summary(),
             normalize=module.normalize.stats(),
         )
         | interpretation
         | ({"lr_find": {k: v for k, v in lr_found.items() if k not in ("lr", "loss")}} if lr_found else {})
+        | (
+            {"compile": {"mode": mode, "graphs": compiled_graphs()}}
+            if (mode := cfg.model.get("compile"))
+            else {}
+        )
     )
     if trainer.is_global_zero:
         write_json(run_dir / "results.json", results)
@@ -175,6 +186,9 @@ RESUME_FREE = (
     "data.workers",
     "data.cache_workers",
     "trainer.enable_progress_bar",
+    # batch sizes are global (data.ShardedBatches): the steps and schedule do not depend on them
+    "trainer.devices",
+    "trainer.num_nodes",
     "logger",
 )
 
@@ -249,6 +263,7 @@ def run(cfg: DictConfig) -> float | None:
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         cfg = resumed_config(cfg, ckpt["lightning_sota"]["config"], list(HydraConfig.get().overrides.task))
     check_config(cfg)
+    check_multirun(cfg.trainer, HydraConfig.get().mode == RunMode.MULTIRUN)
     done = run_dir / "results.json"
     if cfg.skip_completed and is_complete(done):
         log.info("skipped: %s is complete", done)

@@ -6,8 +6,11 @@ import functools
 import hashlib
 import http.server
 import io
+import subprocess
+import sys
 import tarfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +18,7 @@ import pytest
 from lightning_sota import acquire
 from lightning_sota.acquire import DataError, resolve_root
 
-from .conftest import make_folder
+from .conftest import ROOT, make_folder
 
 
 def make_tgz(path: Path, source: Path, arcname: str) -> str:
@@ -49,9 +52,54 @@ def test_download_verify_and_extract(tmp_path, server, monkeypatch):
     assert sorted(p.name for p in (root / "train").iterdir()) == ["birds", "cats", "dogs"]
     assert len(list((root / "val" / "cats").glob("*.jpg"))) == 1
     # The archive is gone and no temporary folder is left; a second call does not download.
-    assert sorted(p.name for p in data.iterdir()) == ["imagenette2-160"]
+    assert sorted(p.name for p in data.iterdir() if p.name != ".imagenette2-160.tgz.lock") == [
+        "imagenette2-160"
+    ]
     (www / "imagenette2-160.tgz").unlink()
     assert resolve_root(data, "160px", download=True, base_url=url) == root
+
+
+FETCH = """
+import sys
+from lightning_sota import acquire
+acquire.ARCHIVES["160px"] = ("imagenette2-160.tgz", sys.argv[3])
+print(acquire.resolve_root(sys.argv[1], "160px", download=True, base_url=sys.argv[2]))
+"""
+
+
+def test_two_processes_download_once(tmp_path):
+    """Ranks started together (torchrun, SLURM) fetch one archive: one download, not two writers
+    of one .part; the other waits for it and uses the result."""
+    www = tmp_path / "www"
+    www.mkdir()
+    md5 = make_tgz(
+        www / "imagenette2-160.tgz", make_folder(tmp_path / "src", train=2, val=1), "imagenette2-160"
+    )
+    served = []
+
+    class Slow(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            served.append(self.path)
+            time.sleep(1.0)  # long enough for both processes to be asking at once
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Slow, directory=str(www)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    cmd = [sys.executable, "-c", FETCH, str(tmp_path / "data"), url, md5]
+    procs = [
+        subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    httpd.shutdown()
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
+    assert [out.strip() for out, _ in outs] == [str(tmp_path / "data" / "imagenette2-160")] * 2
+    assert served == ["/imagenette2-160.tgz"]
+    assert len(list((tmp_path / "data" / "imagenette2-160" / "train" / "cats").glob("*.jpg"))) == 2
 
 
 def test_md5_mismatch_leaves_nothing(tmp_path, server, monkeypatch):

@@ -15,6 +15,7 @@ from PIL import Image
 
 from lightning_sota import cache
 from lightning_sota.cache import build_cache
+from lightning_sota.locks import exclusive
 
 from .conftest import write_image
 
@@ -80,7 +81,8 @@ def slow(*a, **k):
     return real(*a, **k)
 cache.load_image = slow
 files = sorted(Path(sys.argv[1]).glob('*.jpg'))
-print(cache.build_cache(files, 32, sys.argv[2], workers=0).path)
+built = cache.build_cache(files, 32, sys.argv[2], workers=0)
+print(built.path, built.built)
 """
 
 
@@ -95,7 +97,7 @@ def test_killed_build_is_never_trusted(tmp_path):
     time.sleep(0.5)  # part-way through decoding
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert [p for p in cache_dir.iterdir() if ".tmp-" not in p.name] == []
+    assert [p.name for p in cache_dir.iterdir() if ".tmp-" not in p.name] == [".build.lock"]
 
     c = build_cache(files, 32, cache_dir, workers=0)
     assert c.built and c.ok.all()
@@ -118,7 +120,31 @@ def test_two_runs_building_the_same_cache_at_once(tmp_path):
     outs = [p.communicate(timeout=120)[0].split() for p in procs]
     assert all(p.returncode == 0 for p in procs)
     assert outs[0][0] == outs[1][0]  # both use the one cache
-    assert [p.name for p in (tmp_path / "cache").iterdir()] == [Path(outs[0][0]).name]
+    assert sorted(out[1] for out in outs) == ["False", "True"]  # one built it, the other waited
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [".build.lock", Path(outs[0][0]).name]
+
+
+def test_a_build_in_progress_on_another_node_is_waited_for_not_deleted(tmp_path):
+    """On a shared filesystem a temporary folder may be another host's live build: its pid means
+    nothing here. The build lock, held by every build, tells a live build from a dead one."""
+    src = tmp_path / "src"
+    files = [write_image(src / f"{i:03d}.jpg", (64, 48), (i * 5, 90, 90)) for i in range(20)]
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    name = f"p32-{cache.fingerprint(files, 32, 4 / 3)}"
+    foreign = cache_dir / f"{name}.tmp-othernode-4194000"
+    with exclusive(cache_dir / ".build.lock", "another node's build"):
+        foreign.mkdir()
+        proc = subprocess.Popen(
+            [sys.executable, "-c", BUILD, str(src), str(cache_dir)], stdout=subprocess.PIPE, text=True
+        )
+        time.sleep(3)
+        assert foreign.is_dir() and proc.poll() is None  # waiting for the lock, nothing deleted
+    # That build died without finishing (the lock is free and its folder still there): the
+    # waiting build removes the leftover and builds.
+    out = proc.communicate(timeout=120)[0].split()
+    assert proc.returncode == 0 and out == [str(cache_dir / name), "True"]
+    assert not foreign.exists()
 
 
 @pytest.mark.parametrize("workers", [0, 2])

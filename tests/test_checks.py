@@ -24,6 +24,10 @@ from .conftest import ROOT, config
         (["+experiment=mixup", "mix.alpha=0"], r"mix.alpha=0.*must be > 0"),
         (["loss=label_smoothing", "loss.label_smoothing=1.0"], r"label_smoothing=1.0: must be in \[0, 1\)"),
         (["optim.lr=0"], r"optim.lr=0.*> 0"),
+        (
+            ["model.compile=fast"],
+            r"model.compile='fast': use true, false or a torch.compile mode: default, lite, ",
+        ),
     ],
 )
 def test_invalid_values_are_rejected(overrides, message):
@@ -59,6 +63,19 @@ def test_cli_bad_value_is_one_line_before_any_data(tmp_path):
         "error: resize.phases[0].size=-1: must be a positive integer"
     )
     assert not (tmp_path / "cache").exists() and not (tmp_path / "nowhere").exists()
+
+
+def test_multirun_with_lightnings_ddp_launcher_is_refused(tmp_path):
+    """Each rank Lightning starts re-runs the command: under -m, the whole sweep (Lightning #15689)."""
+    cmd = [
+        sys.executable, "train.py", "-m", "trainer=ddp_cpu", "scale=smoke", "seed=0,1",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}", f"data.cache_dir={tmp_path / 'cache'}",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: trainer.strategy=ddp under -m: ") and "hydra/launcher=slurm" in last
+    assert not (tmp_path / "cache").exists()
 
 
 def test_cli_missing_data_names_the_fix(tmp_path):

@@ -311,7 +311,7 @@ def make_target(project: Path, environ: dict, argv: list[str]) -> None:
         run(ROOT, ["make", "install-bench"], environ)
         assigns |= {
             "BENCH_ARGS": "--epochs 1 --size 32 --bs 32 --seeds 1",
-            "THROUGHPUT_ARGS": "--sizes 32 --loader-batches 2 --steps 1",
+            "THROUGHPUT_ARGS": "--sizes 32 --loader-batches 2 --steps 1 --arch resnet10t",
         }
         proc = run(project, ["make", "bench", *(f"{k}={v}" for k, v in assigns.items())], environ)
         for pair in ("chapter: normalize", "leaderboard: sota"):  # both peers in one invocation

@@ -17,14 +17,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hydra.utils import instantiate
 from PIL import Image
 
 from lightning_sota import acquire
 from lightning_sota.acquire import DataError, resolve_root
+from lightning_sota.checks import ConfigError
 from lightning_sota.data import ImagenetteDataModule, ShardedBatches, scan_split
 from lightning_sota.predict import Predictor
 
-from .conftest import ROOT, make_folder
+from .conftest import ROOT, config, make_folder
 from .test_acquire import make_tgz
 
 PROGRESSIVE = ["+experiment=progressive_resize", "scale=smoke", "scale.progressive.1.epochs=4"]
@@ -194,7 +196,13 @@ def test_sharded_batches_cover_each_epoch_once_per_rank():
     shards = [ShardedBatches(index, 8, True, seed=0, epoch=3, rank=r, world=2) for r in range(2)]
     seen = [sum(s.batches, []) for s in shards]
     assert not set(seen[0]) & set(seen[1])  # different samples on each rank
-    assert len(shards[0]) == len(shards[1]) == 51 // 8  # equal step counts
+    # Global batches: one process's 103 // 8 steps, each rank taking 4 of every 8 images, so
+    # the two ranks' step-j halves make up one process's step j.
+    assert len(shards[0]) == len(shards[1]) == 103 // 8
+    one = ShardedBatches(index, 8, True, seed=0, epoch=3, rank=0, world=1)
+    assert [a + b for a, b in zip(shards[0].batches, shards[1].batches, strict=True)] == one.batches
+    with pytest.raises(ConfigError, match="batch_size=8 does not split over 3 ranks"):
+        ShardedBatches(index, 8, True, seed=0, epoch=3, rank=0, world=3)
     again = ShardedBatches(index, 8, True, seed=0, epoch=3, rank=0, world=2)
     assert again.batches == shards[0].batches  # a resumed epoch draws the same order
     assert ShardedBatches(index, 8, True, seed=0, epoch=4, rank=0, world=2).batches != shards[0].batches
@@ -246,18 +254,43 @@ def test_ddp_cpu_two_processes(tmp_path, mini):
         "trainer=ddp_cpu",
         "trainer.precision=32",  # so one process below can reproduce the validation exactly
         "tta=fastai",
+        "+callbacks.draws._target_=tests.ddp_hooks.RecordDraws",
+        f"+callbacks.draws.out={tmp_path}",
     )
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((run / "results.json").read_text())
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert ckpt["global_step"] == 2 * (500 // 2 // 32)  # each rank trained on half of every epoch
+    # The batch size is the global batch: 2 ranks take 16 images each of every batch of 32, so
+    # the run makes one process's 500 // 32 steps an epoch, and its schedule and lr.
+    assert ckpt["global_step"] == 2 * (500 // 32) and res["world_size"] == 2
+    assert res["phases"] == [{"size": 32, "batch_size": 32, "epochs": 2}]
     assert res["dataset"]["val"] == 200 and res["tta_acc"] is not None
+    assert "rng" not in ckpt  # nothing device-specific: resumable on any number of devices
 
-    # Metrics are reduced across ranks: every epoch counts both ranks' 7 batches of 32 and all 200
-    # val images (100 per rank), and val_acc is the accuracy on the whole split that one process
-    # scoring every val image with the final weights finds.
-    assert all((h["train_images"], h["val_images"]) == (2 * 7 * 32, 200) for h in res["history"])
+    # The first step: the two ranks' halves are one process's first batch, and they drew
+    # different augmentations (one seed_everything on every rank would draw the same).
+    draws = [torch.load(tmp_path / f"draws_rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert all(len(d["label"]) == 16 for d in draws)
+    assert not torch.equal(draws[0]["rng"], draws[1]["rng"])
+    data = instantiate(
+        config(
+            "+experiment=normalize",
+            "scale=smoke",
+            f"data.root={mini}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+        ).data
+    )
+    data.setup("fit")
+    first = ShardedBatches(data.train_index, 32, True, seed=0, epoch=0, rank=0, world=1).batches[0]
+    for rank, drawn in enumerate(draws):
+        half = data.images("train", 32)[first[16 * rank : 16 * (rank + 1)]]
+        assert torch.equal(drawn["image"], half["image"]) and torch.equal(drawn["label"], half["label"])
+
+    # Metrics are reduced across ranks: every epoch counts both ranks' 15 batches of 16 and all
+    # 200 val images (100 per rank), and val_acc is the accuracy on the whole split that one
+    # process scoring every val image with the final weights finds.
+    assert all((h["train_images"], h["val_images"]) == (15 * 32, 200) for h in res["history"])
     predictor = Predictor(run / "checkpoints" / "last.ckpt")
     classes, paths, labels = scan_split(Path(mini) / "val")
     assert len(predictor.classes) == len(classes) == 10  # wnid folders, in the same sorted order
@@ -278,3 +311,41 @@ def test_ddp_cpu_two_processes(tmp_path, mini):
         "train_ddp_process_1.log",
     ]
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["last.ckpt"]
+
+
+@pytest.mark.slow
+def test_nan_on_one_ddp_rank_stops_every_rank_then_resumes_on_one_device(tmp_path, mini):
+    """Rank 1's loss turns NaN in epoch 1; rank 0's stays finite. Both must stop at once with the
+    one-line error (not block in the gradient all-reduce), keeping epoch 0's checkpoint; the run
+    then resumes on one device: batch sizes are global, so its steps and schedule are the same."""
+    run = tmp_path / "run"
+    cmd = train_cmd(
+        run,
+        tmp_path / "cache",
+        "+experiment=normalize",
+        "scale=smoke",
+        f"data.root={mini}",
+        "trainer=ddp_cpu",
+        "+callbacks.poison._target_=tests.ddp_hooks.PoisonOneRank",
+    )
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    # Each rank prints its one line (rank 1 runs as a child on the same stderr), no traceback.
+    errors = sorted(line for line in proc.stderr.splitlines() if line.startswith("error: "))
+    assert len(errors) == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert errors[0].startswith("error: loss is nan at epoch 1, step 17: training stopped")
+    assert errors[1].startswith("error: the loss of another DDP rank is not finite at epoch 1, step 17:")
+    assert time.perf_counter() - start < 120  # not the process group's 30-minute timeout
+    killed_at = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert killed_at["epoch"] == 0 and killed_at["global_step"] == 15
+
+    resumed = subprocess.run(
+        [sys.executable, "train.py", f"resume={run}", "trainer.devices=1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    res = json.loads((run / "results.json").read_text())
+    final = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert res["world_size"] == 1 and final["global_step"] == 2 * (500 // 32)
+    assert [h["train_images"] for h in res["history"]] == [15 * 32, 15 * 32]

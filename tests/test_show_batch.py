@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 
 from lightning_sota import show_batch
-from lightning_sota.augment import BatchAugment
 from lightning_sota.show_batch import ShowBatch, save_grid
+from lightning_sota.train import build_module
 
-from .conftest import ROOT
+from .conftest import ROOT, config
 
 
 def test_grid_gives_each_image_its_own_panel(tmp_path):
@@ -39,14 +39,9 @@ def test_grid_spreads_its_picks_through_the_batch(tmp_path, monkeypatch):
     assert len(shown) == 9 and len(set(shown)) == 8  # not nine of the first class
 
 
-class Module:
-    """What ShowBatch reads from the LightningModule."""
-
-    def __init__(self) -> None:
-        self.augment, self.classes, self.config = BatchAugment(), ["a", "b"], {"name": "test"}
-
-
 class Trainer:
+    """What ShowBatch reads from the Trainer."""
+
     current_epoch, is_global_zero = 0, True
 
 
@@ -61,9 +56,10 @@ def test_callback_draws_exactly_what_the_first_step_trains_on(tmp_path, monkeypa
     }
     drawn = {}
     monkeypatch.setattr(show_batch, "save_grid", lambda images, *a, **k: drawn.setdefault("x", images))
-    module = Module()
+    module = build_module(config("scale=smoke", "seed=3", "~logger"), ["a", "b"])
     ShowBatch(tmp_path / "show_batch.png").on_train_batch_start(Trainer(), module, batch, 0)
-    step_view = module.augment(batch, train=True)  # the draw the training step then makes
+    module.on_train_batch_start(batch, 0)  # then the step: its hook seeds, its augment draws
+    step_view = module.augment(batch, train=True)
     assert torch.equal(drawn["x"], step_view)
     # only the first batch of the first epoch
     drawn.clear()
