@@ -8,7 +8,7 @@ ARGS ?=
 CONSTRAINTS := constraints.txt
 PIP_INSTALL := $(PY) -m pip install --quiet -c $(CONSTRAINTS)
 
-.PHONY: install install-bench install-test train test test-fast lint bench ablation lock clean
+.PHONY: install install-bench install-test train test test-fast lint bench ablation lock clean gpu-wheels
 
 install: $(STAMP)
 
@@ -68,6 +68,13 @@ bench: install-bench
 	@test -n "$(IMAGENETTE_ROOT)" || { echo "make bench: set IMAGENETTE_ROOT to a folder with train/ and val/ (README)"; exit 2; }
 	$(PY) benchmarks/vs_fastai.py --root $(IMAGENETTE_ROOT) $(BENCH_ARGS)
 	$(PY) benchmarks/throughput.py --root $(IMAGENETTE_ROOT) $(THROUGHPUT_ARGS)
+
+# What a lent GPU machine lacks (it has torch, Lightning, timm, torchmetrics; no network): Hydra's
+# wheels, at the versions constraints.txt pins, into .whl/ for benchmarks/gpu_check.sh to carry.
+gpu-wheels: install
+	rm -rf .whl && mkdir .whl
+	$(PY) -m pip download --quiet --no-deps -c $(CONSTRAINTS) -d .whl hydra-core omegaconf
+	$(PY) -m pip wheel --quiet --no-deps -c $(CONSTRAINTS) -w .whl antlr4-python3-runtime
 
 # Re-resolve every dependency (all extras) to the newest releases pyproject.toml allows, in a
 # scratch venv, record them in constraints.txt, then reinstall .venv from it and run the tests.

@@ -47,7 +47,7 @@ def perspective(src: Tensor, dst: Tensor) -> Tensor:
     rows_v = torch.stack([zero, zero, zero, x, y, one, -v * x, -v * y], -1)
     a = torch.cat([rows_u, rows_v], 1)  # [B, 8, 8]
     b = torch.cat([u, v], 1)  # [B, 8]
-    h = torch.linalg.solve(a, b)
+    h = torch.linalg.solve_ex(a, b)[0]  # solve() would read its error flag: a host sync per batch
     return torch.cat([h, torch.ones_like(h[:, :1])], 1).view(-1, 3, 3)
 
 
@@ -137,7 +137,10 @@ class BatchAugment(nn.Module):
         magnitudes each with their own p_affine mask (fastai's _WarpCoord draws two masks)."""
         mx = _uniform(n, -self.max_warp, self.max_warp, device) * _mask(n, self.p_affine, device)
         my = _uniform(n, -self.max_warp, self.max_warp, device) * _mask(n, self.p_affine, device)
-        src = torch.tensor([[-1.0, -1], [-1, 1], [1, -1], [1, 1]], device=device).expand(n, 4, 2)
+        # The corners (-1,-1), (-1,1), (1,-1), (1,1), made on the device: torch.tensor(list,
+        # device=cuda) is a copy from the host that waits for the GPU to drain.
+        corner = torch.arange(4, device=device)
+        src = torch.stack([corner // 2 * 2 - 1, corner % 2 * 2 - 1], -1).float().expand(n, 4, 2)
         dst = torch.stack(
             [
                 torch.stack([-1 - my, -1 - mx], -1),
@@ -153,7 +156,7 @@ class BatchAugment(nn.Module):
     def transpose(transposed: Tensor) -> Tensor:
         """S: swaps x and y for images the cache stored transposed."""
         m = _eye(len(transposed), transposed.device)
-        swap = torch.tensor([[0.0, 1, 0], [1, 0, 0], [0, 0, 1]], device=transposed.device)
+        swap = torch.stack([m[:, 1], m[:, 0], m[:, 2]], 1)  # rows 0 and 1 exchanged, on the device
         return torch.where(transposed.view(-1, 1, 1), swap, m)
 
     # -- the batch --------------------------------------------------------------------------

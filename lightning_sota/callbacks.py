@@ -47,7 +47,7 @@ class History(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._images["train"] += len(batch["label"])
         self._sizes.add(int(batch["size"]))
-        self._batch_sizes.add(len(batch["label"]))
+        self._batch_sizes.add(len(batch["label"]) * trainer.world_size)  # the global batch (data.py)
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         self._val_start = time.perf_counter()

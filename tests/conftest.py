@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,9 @@ from PIL import Image
 from lightning_sota.config import compose_config
 
 ROOT = Path(__file__).resolve().parent.parent
-MINI = ROOT.parent / "shared" / "data" / "imagenette-mini"
+# IMAGENETTE_MINI: another small split in the same layout (benchmarks/gpu_check.sh points it at
+# the data pack on a GPU machine, where ../shared does not travel).
+MINI = Path(os.environ.get("IMAGENETTE_MINI", ROOT.parent / "shared" / "data" / "imagenette-mini"))
 
 
 def config(*overrides: str):

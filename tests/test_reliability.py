@@ -30,6 +30,7 @@ from .conftest import ROOT, config, make_folder
 from .test_acquire import make_tgz
 
 PROGRESSIVE = ["+experiment=progressive_resize", "scale=smoke", "scale.progressive.1.epochs=4"]
+DDP_SMOKE = ["+experiment=normalize", "scale=smoke", "trainer=ddp_cpu"]  # 2 processes, global batch 32
 
 
 def train_cmd(run_dir: Path, cache: Path, *overrides: str) -> list[str]:
@@ -248,10 +249,8 @@ def test_ddp_cpu_two_processes(tmp_path, mini):
     cmd = train_cmd(
         run,
         tmp_path / "cache",
-        "+experiment=normalize",
-        "scale=smoke",
+        *DDP_SMOKE,
         f"data.root={mini}",
-        "trainer=ddp_cpu",
         "trainer.precision=32",  # so one process below can reproduce the validation exactly
         "tta=fastai",
         "+callbacks.draws._target_=tests.ddp_hooks.RecordDraws",
@@ -291,6 +290,7 @@ def test_ddp_cpu_two_processes(tmp_path, mini):
     # 200 val images (100 per rank), and val_acc is the accuracy on the whole split that one
     # process scoring every val image with the final weights finds.
     assert all((h["train_images"], h["val_images"]) == (15 * 32, 200) for h in res["history"])
+    assert all(h["batch_size"] == 32 for h in res["history"])  # the global batch, as in phases
     predictor = Predictor(run / "checkpoints" / "last.ckpt")
     classes, paths, labels = scan_split(Path(mini) / "val")
     assert len(predictor.classes) == len(classes) == 10  # wnid folders, in the same sorted order
@@ -322,10 +322,8 @@ def test_nan_on_one_ddp_rank_stops_every_rank_then_resumes_on_one_device(tmp_pat
     cmd = train_cmd(
         run,
         tmp_path / "cache",
-        "+experiment=normalize",
-        "scale=smoke",
+        *DDP_SMOKE,
         f"data.root={mini}",
-        "trainer=ddp_cpu",
         "+callbacks.poison._target_=tests.ddp_hooks.PoisonOneRank",
     )
     start = time.perf_counter()

@@ -35,6 +35,9 @@ CONTRACT = {
 }
 
 
+SMALL = ["+experiment=normalize", "scale=smoke", "model.arch=resnet10t", "scale.epochs=1"]
+
+
 def run_train(tmp_path, *overrides: str) -> dict:
     run_dir = tmp_path / "run"
     cmd = [
@@ -53,13 +56,10 @@ def run_train(tmp_path, *overrides: str) -> dict:
 def test_fp32_timm_model_without_channels_last(tmp_path, mini):
     res = run_train(
         tmp_path,
-        "+experiment=normalize",
-        "scale=smoke",
+        *SMALL,
         f"data.root={mini}",
-        "model.arch=resnet10t",
         "model.channels_last=false",
         "trainer.precision=32",
-        "scale.epochs=1",
         "augment=flip",
     )
     assert res["arch"] == "resnet10t" and res["precision"] == "32-true" and res["epochs"] == 1
@@ -72,12 +72,9 @@ def test_compiled_model_trains_and_its_checkpoint_reads_back_eagerly(tmp_path, m
     and the checkpoint has the plain module's keys, so evaluate restores it eagerly."""
     res = run_train(
         tmp_path,
-        "+experiment=normalize",
-        "scale=smoke",
+        *SMALL,
         f"data.root={mini}",
-        "model.arch=resnet10t",
         "model.compile=true",
-        "scale.epochs=1",
         "data.val_batch_size=50",  # 200 val images in equal batches: no extra graph for a last one
     )
     assert res["compile"]["mode"] is True and res["compile"]["graphs"] >= 2  # a train and a val graph

@@ -1,0 +1,59 @@
+"""The CUDA path: skipped without a GPU; `benchmarks/gpu_check.sh` runs these on a lent one."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lightning_sota.augment import BatchAugment
+from lightning_sota.predict import Predictor
+
+from .conftest import ROOT
+from .test_augment import batch
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_geometry_is_fp32_under_cuda_bf16_autocast(train):
+    """The sampling grid and the statistics stay fp32 under the step's bf16 autocast, on the GPU."""
+    image = torch.randint(
+        0, 256, (2, 460, 613, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8
+    )
+    b = {
+        k: v.cuda() if torch.is_tensor(v) else v for k, v in batch(image, (0, 0, 460, 613), size=224).items()
+    }
+    aug = BatchAugment()
+    with torch.random.fork_rng(devices=[0]):
+        torch.manual_seed(1)
+        fp32 = aug(b, train=train)
+    with torch.random.fork_rng(devices=[0]), torch.autocast("cuda", dtype=torch.bfloat16):
+        torch.manual_seed(1)
+        mixed = aug(b, train=train)
+    assert mixed.dtype == torch.float32 and mixed.is_cuda
+    assert (mixed - fp32).abs().max() * 255 < 0.5
+
+
+def test_a_gpu_run_trains_and_its_checkpoint_predicts_on_the_cpu(tmp_path, mini):
+    """`trainer=gpu` at smoke scale, bf16-mixed (the GPU default): the loss falls, and the
+    checkpoint, saved from the GPU, scores on the CPU as the run's validation did."""
+    run = tmp_path / "run"
+    cmd = [
+        sys.executable, "train.py", "+experiment=sota", "scale=smoke", "trainer=gpu", "trainer.devices=1",
+        f"data.root={mini}", f"data.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run}",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((run / "results.json").read_text())
+    assert res["device"] == "cuda" and res["precision"] == "bf16-mixed"
+    losses = [h["train_loss"] for h in res["history"]]
+    assert losses[-1] < losses[0]
+    predictor = Predictor(run / "checkpoints" / "last.ckpt", accelerator="cpu", precision="32-true")
+    assert len(predictor.classes) == 10

@@ -1,0 +1,79 @@
+"""The GPU machine's one script, run end to end on the CPU (--smoke), and the data pack it carries."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+from lightning_sota.data import scan_split
+
+from .conftest import ROOT
+
+
+@pytest.mark.slow
+def test_gpu_check_smoke_runs_every_step_on_the_cpu(tmp_path):
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable}
+    proc = subprocess.run(
+        ["bash", "benchmarks/gpu_check.sh", "--smoke"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    steps = ("device", "cuda_tests", "syncs", "throughput", "sota_leaderboard", "chapter_progressive_tta")
+    assert all(res[s]["ok"] for s in steps), {s: res[s].get("error") for s in steps}
+    assert res["device"]["cuda"] is False and res["syncs"]["skipped"] == "no CUDA"
+    assert "skipped" in res["cuda_tests"]["summary"] or "deselected" in res["cuda_tests"]["summary"]
+    (row,) = res["throughput"]["rows"]
+    assert row["loader_img_s"] > 0 and row["step_img_s"] > 0 and row["compiled_img_s"] is None
+    for run in ("sota_leaderboard", "chapter_progressive_tta"):
+        epochs = res[run]["epochs"]
+        assert epochs and all(0 <= e["val_acc"] <= 1 for e in epochs)
+        assert [e["at_s"] for e in epochs] == sorted(e["at_s"] for e in epochs)  # time to each epoch
+    assert res["chapter_progressive_tta"]["tta_acc"] is not None
+    assert (
+        "| step | ok | seconds | figures |" in proc.stdout and "anchor: leaderboard_128px_5ep" in proc.stdout
+    )
+
+
+def test_pack_fits_its_budget_and_unpacks_to_the_split(tmp_path, mini):
+    """On the mini set with the full split's budget per image (60 MiB for 13394 images: 3.2 MiB
+    for 700): the largest side that keeps quality >= 60 within it, every image in the official
+    layout, the choice recorded."""
+    out = tmp_path / "pack.tar"
+    cmd = [
+        sys.executable,
+        "benchmarks/pack_data.py",
+        "--root",
+        str(mini),
+        "--out",
+        str(out),
+        "--max-mib",
+        "3.2",
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out.stat().st_size <= 3.2 * 2**20 and not out.with_name("pack.tar.part").exists()
+    assert (
+        report["short_side"] < 224
+        and report["jpeg_quality"] >= 60
+        and report["images"] == {"train": 500, "val": 200}
+    )
+    with tarfile.open(out) as tar:
+        tar.extractall(tmp_path / "unpacked", filter="data")
+    manifest = json.loads((tmp_path / "unpacked" / "PACK.json").read_text())
+    assert manifest["short_side"] == report["short_side"]
+    for split, n in (("train", 500), ("val", 200)):
+        classes, files, labels = scan_split(tmp_path / "unpacked" / split)
+        want_classes, want_files, want_labels = scan_split(mini / split)
+        assert classes == want_classes and len(files) == n and list(labels) == list(want_labels)
+        assert [f.name for f in files] == [f.name for f in want_files]
