@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -34,6 +33,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from throughput import loader_rate, step_rate  # noqa: E402
 
 from lightning_sota.data import ImagenetteDataModule  # noqa: E402
+from lightning_sota.locks import usable_cpus  # noqa: E402
 
 # The anchors the issue measures us against (../shared/REFERENCE.md, fastbook chapter 7).
 ANCHORS = {
@@ -64,7 +64,7 @@ def device_report() -> dict:
     report = {
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "cpus": len(os.sched_getaffinity(0)),
+        "cpus": usable_cpus(),
         "cuda": torch.cuda.is_available(),
     }
     if torch.cuda.is_available():
