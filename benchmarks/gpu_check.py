@@ -3,13 +3,13 @@
     python benchmarks/gpu_check.py --out $OUT [--root <train/ and val/>] [--smoke]
 
 Steps, each timed and recorded even when one fails: the device; the CUDA tests (`pytest -m
-cuda`); host syncs per training step (torch.cuda.set_sync_debug_mode("warn")); loader and step
-images/s at 128 and 224 px (bf16 + channels_last, eager and compiled, batch 64/128/256);
-`+experiment=sota scale=leaderboard` with the time to each epoch's accuracy; the chapter's
-progressive resizing + TTA at 224 px (`+experiment=progressive_resize scale=chapter tta=fastai`).
-A summary table is printed last and written to <out>/gpu_check.json. `--smoke`: the same steps
-on the CPU at smoke scale (what the test suite runs), so the script is known to work before a
-GPU is ever lent.
+cuda`); host syncs per training step (torch.cuda.set_sync_debug_mode("warn")); loader (host
+gather and data.on_device) and step images/s at 128 and 224 px (bf16 + channels_last, eager and
+compiled, batch 64/128/256); `+experiment=sota scale=leaderboard` with the time to each epoch's
+accuracy; the chapter's progressive resizing + TTA at 224 px (`+experiment=progressive_resize
+scale=chapter tta=fastai`). A summary table is printed last and written to <out>/gpu_check.json.
+`--smoke`: the same steps on the CPU at smoke scale (what the test suite runs), so the script is
+known to work before a GPU is ever lent.
 """
 
 from __future__ import annotations
@@ -133,11 +133,18 @@ def throughput(root: Path, cache: Path, sizes: list[int], batch_sizes: list[int]
     rows = []
     for size in sizes:
         for bs in batch_sizes:
-            data = ImagenetteDataModule(
-                root, [{"size": size, "batch_size": bs, "epochs": 1}], cache_dir=cache
-            )
-            data.setup("fit")
-            loader = loader_rate(data, device, max(2, min(30, data.train_batches(data.phases[0]) - 3)))
+            loaders = {}
+            for on_device in (False, True):  # the host's memory-map gather, then data.on_device
+                data = ImagenetteDataModule(
+                    root,
+                    [{"size": size, "batch_size": bs, "epochs": 1}],
+                    cache_dir=cache,
+                    on_device=on_device,
+                )
+                data.setup("fit")
+                data.gather_device = device
+                batches = max(2, min(30, data.train_batches(data.phases[0]) - 3))
+                loaders[on_device] = loader_rate(data, device, batches)
             eager, _ = step_rate("xresnet50", size, bs, bf16, True, device, steps)
             compiled, compile_seconds = (
                 step_rate("xresnet50", size, bs, bf16, True, device, steps, compile=True)
@@ -148,7 +155,8 @@ def throughput(root: Path, cache: Path, sizes: list[int], batch_sizes: list[int]
                 {
                     "size": size,
                     "batch_size": bs,
-                    "loader_img_s": round(loader),
+                    "loader_img_s": round(loaders[False]),
+                    "loader_on_device_img_s": round(loaders[True]),
                     "step_img_s": round(eager, 1),
                     "compiled_img_s": compiled and round(compiled, 1),
                     "compile_s": compile_seconds and round(compile_seconds, 1),

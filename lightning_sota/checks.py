@@ -71,6 +71,10 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"augment.min_scale={cfg.augment.min_scale}: must be in (0, 1]")
     if not 0 <= cfg.data.get("holdout", 0) < 1:
         raise ConfigError(f"data.holdout={cfg.data.holdout}: must be a fraction in [0, 1)")
+    if cfg.data.get("on_device") not in (None, True, False):
+        raise ConfigError(
+            f"data.on_device={cfg.data.on_device!r}: use true, false or null (on a GPU when the caches fit)"
+        )
     if cfg.augment.pad_mode not in ("reflection", "border"):
         raise ConfigError(f"augment.pad_mode={cfg.augment.pad_mode!r}: use reflection (fastai's) or border")
     if cfg.tta and cfg.tta.n < 1:

@@ -24,6 +24,7 @@ from .conftest import ROOT, config
         (["+experiment=mixup", "mix.alpha=0"], r"mix.alpha=0.*must be > 0"),
         (["loss=label_smoothing", "loss.label_smoothing=1.0"], r"label_smoothing=1.0: must be in \[0, 1\)"),
         (["optim.lr=0"], r"optim.lr=0.*> 0"),
+        (["data.on_device=auto"], r"data.on_device='auto': use true, false or null"),
         (
             ["model.compile=fast"],
             r"model.compile='fast': use true, false or a torch.compile mode: default, lite, ",

@@ -8,18 +8,26 @@ import torch
 
 from lightning_sota.acquire import DataError
 from lightning_sota.augment import BatchAugment
-from lightning_sota.data import ImagenetteDataModule, Phase, scan_split, stratified_split
+from lightning_sota.data import (
+    DeviceImages,
+    ImagenetteDataModule,
+    Phase,
+    resident_device,
+    scan_split,
+    stratified_split,
+)
 
 from .conftest import write_image
 
 
-def datamodule(root, tmp_path, phases=({"size": 32, "batch_size": 16, "epochs": 2},)):
+def datamodule(root, tmp_path, phases=({"size": 32, "batch_size": 16, "epochs": 2},), **options):
     dm = ImagenetteDataModule(
         root=str(root),
         phases=list(phases),
         download=False,
         cache_dir=str(tmp_path / "cache"),
         cache_workers=2,
+        **options,
     )
     dm.setup("fit")
     return dm
@@ -112,3 +120,48 @@ def test_holdout_is_stratified_seeded_and_never_trained_on(mini, tmp_path):
     assert len(trained) == 450 // 16 * 16 and not trained & set(held.tolist())
     assert sorted(i for batch in holdout.sampler for i in batch) == held.tolist()
     assert dm.summary()["holdout"] == 50 and dm.summary()["holdout_seed"] == 0
+
+
+def test_on_device_gathers_the_same_batches_as_the_host_loader(mini, tmp_path):
+    """data.on_device=true (on the CPU: the caches in RAM as tensors) yields, batch for batch,
+    the bytes the host's memory-map gather yields: train shuffle, holdout and val."""
+    phases = ({"size": 24, "batch_size": 32, "epochs": 1}, {"size": 32, "batch_size": 16, "epochs": 1})
+    host = datamodule(mini, tmp_path, phases, holdout=0.1)
+    dev = datamodule(mini, tmp_path, phases, holdout=0.1, on_device=True)
+    for epoch in (0, 1):
+        host.epoch = dev.epoch = epoch
+        loaders = zip(
+            [host.train_dataloader(), *host.val_dataloader()],
+            [dev.train_dataloader(), *dev.val_dataloader()],
+            strict=True,
+        )
+        for want_loader, got_loader in loaders:
+            for want, got in zip(want_loader, got_loader, strict=True):
+                assert want.keys() == got.keys() and want["size"] == got["size"] == phases[epoch]["size"]
+                for key in ("index", "image", "box", "transposed", "label"):
+                    assert got[key].dtype == want[key].dtype and torch.equal(got[key], want[key]), key
+    assert host.summary()["on_device"] is False and dev.summary()["on_device"] is True
+    assert not isinstance(host.gathered("train", 32), DeviceImages)
+    # each split and size uploaded once; the mini images are square: presized to round(size x 460/224)
+    assert {k: tuple(v.images.shape) for k, v in dev.resident.items()} == {
+        ("train", 24): (500, 49, 49, 3),
+        ("val", 24): (200, 49, 49, 3),
+        ("train", 32): (500, 66, 66, 3),
+        ("val", 32): (200, 66, 66, 3),
+    }
+
+
+def test_on_device_decision():
+    gib = 2**30
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert resident_device(None, cuda, 3 * gib, 100 * gib) is True  # null: on a GPU when it fits
+    assert resident_device(None, cuda, 3 * gib, 5 * gib) is False  # more than half the free memory
+    assert resident_device(None, cpu, 1, 100 * gib) is False  # null never on the CPU
+    assert resident_device(True, cpu, 1 * gib, 100 * gib) is True
+    assert resident_device(False, cuda, 1, 100 * gib) is False
+    with pytest.raises(
+        DataError,
+        match=r"data.on_device=true: the caches take 3.0 GiB, more than half of the "
+        r"4.0 GiB free on cuda:0: set data.on_device=false to gather on the host",
+    ):
+        resident_device(True, cuda, 3 * gib, 4 * gib)

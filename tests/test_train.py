@@ -108,3 +108,14 @@ def test_results_keep_the_training_seed_beside_the_holdouts():
     assert res["seed"] == 3 and res["world_size"] == 2 and "seed 0" in res["splits"]["holdout_acc"]
     assert res["selected_on"] == "holdout_acc" and res["holdout_acc"] == 0.4
     assert res["train_images_per_second"] == 40.0 and res["val_images_per_second"] == 25.0
+
+
+@pytest.mark.slow
+def test_on_device_batches_train_the_same_run(trained_run, tmp_path, mini):
+    """data.on_device=true (the caches in RAM on the CPU, the code path a GPU's memory takes)
+    trains, validates and scores TTA exactly as the host loader's run."""
+    res = run_train(tmp_path, "+experiment=sota", "scale=smoke", f"data.root={mini}", "data.on_device=true")
+    plain = json.loads((trained_run / "results.json").read_text())
+    assert res["dataset"]["on_device"] is True and plain["dataset"]["on_device"] is False
+    assert [h["train_loss"] for h in res["history"]] == [h["train_loss"] for h in plain["history"]]
+    assert (res["val_acc"], res["tta_acc"]) == (plain["val_acc"], plain["tta_acc"])
