@@ -40,11 +40,15 @@ $(TEST_STAMP): $(BENCH_STAMP)
 	$(PIP_INSTALL) -e '.[dev,bench,export,loggers]'
 	touch $(TEST_STAMP)
 
+# One pytest-xdist worker per core (tests/conftest.py gives each its share of the threads);
+# loadgroup keeps README commands that read earlier ones' runs on one worker, in order.
+PARALLEL ?= -n auto --dist loadgroup
+
 test: install-test
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest $(PARALLEL) $(ARGS)
 
 test-fast: install-test
-	$(PY) -m pytest -m "not slow" $(ARGS)
+	$(PY) -m pytest -m "not slow" $(PARALLEL) $(ARGS)
 
 # The chapter's table: experiments x seeds as one Hydra multirun, then the report. A rerun skips
 # the jobs that already wrote a complete results.json.

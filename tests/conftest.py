@@ -3,20 +3,40 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from lightning_sota.config import compose_config
+from lightning_sota.locks import exclusive, usable_cpus
 
 ROOT = Path(__file__).resolve().parent.parent
 # IMAGENETTE_MINI: another small split in the same layout (benchmarks/gpu_check.sh points it at
 # the data pack on a GPU machine, where ../shared does not travel).
 MINI = Path(os.environ.get("IMAGENETTE_MINI", ROOT.parent / "shared" / "data" / "imagenette-mini"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (`make test` runs one worker per core) each worker and the processes it
+    starts get their share of the cores: two workers each spinning two OpenMP threads on two
+    cores run many times slower than one."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        threads = max(1, usable_cpus() // int(workers))
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slow tests first, so that the long ones start early on some worker and the short ones fill
+    in around them (xdist hands out work in this order; sorted() keeps each file's order)."""
+    items[:] = sorted(items, key=lambda item: item.get_closest_marker("slow") is None)
 
 
 def config(*overrides: str):
@@ -74,8 +94,19 @@ def mini() -> Path:
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> Path:
     """One `sota` smoke run on the mini set (TTA on): the checkpoint that evaluate, predict and
-    export tests read. Its cache is the folder ``cache`` beside it."""
-    tmp = tmp_path_factory.mktemp("trained")
+    export tests read. Its cache is the folder ``cache`` beside it. xdist's workers share one
+    (the first builds it under a lock, in the folder above their own temporary folders)."""
+    base = tmp_path_factory.getbasetemp()
+    tmp = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "trained"
+    tmp.mkdir(exist_ok=True)
+    with exclusive(tmp / ".lock", "the trained smoke run"):
+        if not (tmp / "run" / "results.json").is_file():
+            train_smoke_run(tmp)
+    return tmp / "run"
+
+
+def train_smoke_run(tmp: Path) -> None:
+    shutil.rmtree(tmp / "run", ignore_errors=True)  # a failed build's leftovers
     cmd = [
         sys.executable,
         "train.py",
@@ -87,4 +118,3 @@ def trained_run(tmp_path_factory) -> Path:
     ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return tmp / "run"
