@@ -40,9 +40,9 @@ $(TEST_STAMP): $(BENCH_STAMP)
 	$(PIP_INSTALL) -e '.[dev,bench,export,loggers]'
 	touch $(TEST_STAMP)
 
-# One pytest-xdist worker per core (tests/conftest.py gives each its share of the threads);
-# loadgroup keeps README commands that read earlier ones' runs on one worker, in order.
-PARALLEL ?= -n auto --dist loadgroup
+# One pytest-xdist worker per core (tests/conftest.py gives each its share of the threads), a
+# file at a time: a file's module fixtures are built once and the README's commands run in order.
+PARALLEL ?= -n auto --dist loadfile
 
 test: install-test
 	$(PY) -m pytest $(PARALLEL) $(ARGS)

@@ -33,12 +33,6 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(threads)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Slow tests first, so that the long ones start early on some worker and the short ones fill
-    in around them (xdist hands out work in this order; sorted() keeps each file's order)."""
-    items[:] = sorted(items, key=lambda item: item.get_closest_marker("slow") is None)
-
-
 def config(*overrides: str):
     """The config `python train.py <overrides>` composes (not resolved, no Hydra run)."""
     return compose_config(list(overrides))

@@ -44,13 +44,7 @@ def sweep(tmp_path_factory):
     return tmp / "sweep"
 
 
-# The tests reading the sweep run on one xdist worker: a module fixture is rebuilt wherever its
-# tests go, and this one is the seven runs.
-SWEEP = pytest.mark.xdist_group("experiments-sweep")
-
-
 @pytest.mark.slow
-@SWEEP
 def test_baseline_learns_and_writes_the_contract(sweep):
     run = sweep / "baseline"
     res = json.loads((run / "results.json").read_text())
@@ -81,7 +75,6 @@ def test_baseline_learns_and_writes_the_contract(sweep):
 
 
 @pytest.mark.slow
-@SWEEP
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_at_smoke_scale(experiment, sweep):
     res = json.loads((sweep / experiment / "results.json").read_text())

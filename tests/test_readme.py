@@ -346,20 +346,8 @@ def test_readme_shows_the_commands_users_need():
     assert all(handler_for(split(c)[1]) for c in commands)  # each has a handler below
 
 
-def xdist_group(command: str) -> list[pytest.MarkDecorator]:
-    """Commands that read what earlier ones left (the newest sota run, the newest multirun, the
-    ablation's finished jobs) run in README order on one xdist worker, with their producers."""
-    if "outputs/runs/" in command:
-        return [pytest.mark.xdist_group("readme-runs")]
-    if "outputs/multiruns/" in command or command.startswith("python train.py -m"):
-        return [pytest.mark.xdist_group("readme-multiruns")]
-    if "make ablation" in command:
-        return [pytest.mark.xdist_group("readme-ablation")]
-    return []
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("command", [pytest.param(c, marks=xdist_group(c)) for c in readme_commands()])
+@pytest.mark.parametrize("command", readme_commands())
 def test_readme_command(project, command):
     environ, words = split(command)
     handler_for(words)(project, environ, words)

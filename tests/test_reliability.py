@@ -51,12 +51,7 @@ def reference(
     return tmp / "run"
 
 
-# The tests reading the reference run stay on one xdist worker, which builds it once.
-REFERENCE = pytest.mark.xdist_group("reliability-reference")
-
-
 @pytest.mark.slow
-@REFERENCE
 def test_sigkill_in_second_phase_then_resume_matches(reference, tmp_path, mini):
     run = tmp_path / "run"
     cmd = train_cmd(run, tmp_path / "cache", *PROGRESSIVE, f"data.root={mini}")
@@ -110,7 +105,6 @@ def val_epochs(run: Path) -> list[int]:
 
 
 @pytest.mark.slow
-@REFERENCE
 def test_checkpoint_is_self_describing_and_predict_cli(reference, tmp_path, mini):
     ckpt = torch.load(reference / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     meta = ckpt["lightning_sota"]
