@@ -51,7 +51,12 @@ def test_lr_find_then_the_same_fit(trained_run, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     res, plain = (json.loads((r / "results.json").read_text()) for r in (run, trained_run))
     found = res["lr_find"]
-    assert found["method"] == "valley" and found["steps"] == 100 and 1e-6 < found["suggestion"] < 1
+    assert found["method"] == "valley" and 1e-6 < found["suggestion"] < 1
+    # fastai's 100 steps, or fewer where the smoothed loss passed 4x its best (stop_div): which of
+    # the two depends on the run's float rounding (one thread or two), not on the code
+    steps, losses = found["steps"], found["loss"]
+    assert len(found["lr"]) == len(losses) == steps <= 100 and steps > 50
+    assert steps == 100 or losses[-1] > 4 * min(losses[1:])
     assert found["phase"] == {"size": 24, "batch_size": 32}  # sota's first phase at smoke scale
     with Image.open(run / "lr_find.png") as picture:
         assert picture.format == "PNG"
