@@ -124,9 +124,9 @@ def train(cfg: DictConfig, run_dir: Path, ckpt_path: Path | None = None) -> dict
             lr_found["suggestion"],
             cfg.optim.lr,
         )
+        if trainer.is_global_zero:  # the whole curve's numbers beside its picture
+            write_json(run_dir / "lr_find.json", lr_found)
         if cfg.lr_find == "only":
-            if trainer.is_global_zero:
-                write_json(run_dir / "lr_find.json", lr_found)
             return None
     start = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)

@@ -52,11 +52,14 @@ def test_lr_find_then_the_same_fit(trained_run, tmp_path):
     res, plain = (json.loads((r / "results.json").read_text()) for r in (run, trained_run))
     found = res["lr_find"]
     assert found["method"] == "valley" and 1e-6 < found["suggestion"] < 1
-    # fastai's 100 steps, or fewer where the smoothed loss passed 4x its best (stop_div): which of
-    # the two depends on the run's float rounding (one thread or two), not on the code
-    steps, losses = found["steps"], found["loss"]
-    assert len(found["lr"]) == len(losses) == steps <= 100 and steps > 50
-    assert steps == 100 or losses[-1] > 4 * min(losses[1:])
+    # fastai's 100 steps, or fewer where the loss diverges at the top of the range (smoothed loss
+    # past 4x its best, or not finite): on the mini set that is step 98 or so at one thread, 100
+    # at two, as float rounding goes; the curve's numbers are in lr_find.json
+    curve = json.loads((run / "lr_find.json").read_text())
+    steps = found["steps"]
+    assert curve["suggestion"] == found["suggestion"] and curve["steps"] == steps
+    assert len(curve["lr"]) == len(curve["loss"]) == steps and 90 <= steps <= 100
+    assert curve["lr"][0] == pytest.approx(1e-7) and curve["lr"][-1] > 1  # fastai's range, up to 10
     assert found["phase"] == {"size": 24, "batch_size": 32}  # sota's first phase at smoke scale
     with Image.open(run / "lr_find.png") as picture:
         assert picture.format == "PNG"
