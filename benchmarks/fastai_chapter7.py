@@ -48,6 +48,9 @@ def main() -> None:
     parser.add_argument("--root", required=True)
     parser.add_argument("--recipe", default="chapter", choices=("chapter", "leaderboard"))
     parser.add_argument("--arch", default="xresnet18", choices=sorted(ARCHS))
+    parser.add_argument(
+        "--widen", type=float, default=1.0, help="XResNet(widen=): each stage's width times it"
+    )
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--presize", type=int, default=None, help="default: size x 460/224")
     parser.add_argument("--epochs", type=int, default=5)
@@ -69,9 +72,9 @@ def main() -> None:
     )
     dls = block.dataloaders(args.root, bs=args.bs)
     if args.recipe == "chapter":
-        model, loss, opt = ARCHS[args.arch](n_out=dls.c), CrossEntropyLossFlat(), {}
+        model, loss, opt = ARCHS[args.arch](n_out=dls.c, widen=args.widen), CrossEntropyLossFlat(), {}
     else:
-        model = ARCHS[args.arch](n_out=dls.c, act_cls=Mish)
+        model = ARCHS[args.arch](n_out=dls.c, widen=args.widen, act_cls=Mish)
         loss, opt = LabelSmoothingCrossEntropy(), {"opt_func": ranger}
     learn = Learner(dls, model, loss_func=loss, metrics=accuracy, **opt)
     with learn.no_bar():

@@ -13,7 +13,7 @@ fastai's run too; quick: xresnet18, 64 px, 5 epochs, bs 64; leaderboard: xresnet
   mission      fastai's chapter 7 vs both `normalize` and `sota` (the issue's mission scale:
                `--scale leaderboard`)
 All end with fastai's TTA. `sota` runs its scale's own phases (progressive resizing inside the
-fixed run's time); --arch/--size/--epochs/--bs change the fixed runs. Where our default precision
+fixed run's time); --arch/--widen/--size/--epochs/--bs change the fixed runs. Where our default precision
 is not fp32, the chapter pair adds a like-for-like row: ours at trainer.precision=32, as fastai
 trains. Prints fit wall times (the one-off cache build apart), accuracies, peak memory and the
 ratios. Figures only: nothing is asserted.
@@ -49,6 +49,7 @@ def scale_settings(scale: str) -> dict:
     cfg = compose_config([f"scale={scale}"])
     return {
         "arch": cfg.model.arch,
+        "widen": cfg.model.widen,
         "size": cfg.scale.size,
         "epochs": cfg.scale.epochs,
         "bs": cfg.scale.batch_size,
@@ -62,6 +63,7 @@ def run_fastai(args, recipe: str, lr: float) -> dict:
         f"--recipe={recipe}",
         f"--root={args.root}",
         f"--arch={args.arch}",
+        f"--widen={args.widen}",
         f"--size={args.size}",
         f"--epochs={args.epochs}",
         f"--bs={args.bs}",
@@ -151,6 +153,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="our seeds per pair (fastai runs seed --seed)")
     parser.add_argument("--scale", default="quick", help="conf/scale name (default: quick)")
     parser.add_argument("--arch", help="default: the scale's model")
+    parser.add_argument("--widen", type=float, help="default: the scale's model.widen (smoke: 0.5)")
     parser.add_argument("--size", type=int, help="default: the scale's size")
     parser.add_argument("--epochs", type=int, help="default: the scale's epochs")
     parser.add_argument("--bs", type=int, help="default: the scale's batch size")
@@ -163,7 +166,13 @@ def main() -> None:
         parser.error(f"--pairs: unknown {sorted(unknown)}; choose from {sorted(PAIRS)}")
 
     # fastai runs the scale's shape; ours gets only the flags given (sota keeps its phases)
-    given = {"arch": "model.arch", "size": "scale.size", "epochs": "scale.epochs", "bs": "scale.batch_size"}
+    given = {
+        "arch": "model.arch",
+        "widen": "model.widen",
+        "size": "scale.size",
+        "epochs": "scale.epochs",
+        "bs": "scale.batch_size",
+    }
     args.shape_overrides = [
         f"{key}={getattr(args, flag)}" for flag, key in given.items() if getattr(args, flag) is not None
     ]
@@ -171,7 +180,8 @@ def main() -> None:
         if getattr(args, flag) is None:
             setattr(args, flag, value)
     print(
-        f"scale={args.scale}: {args.arch}, {args.size} px, {args.epochs} epochs, bs {args.bs}, {args.root}",
+        f"scale={args.scale}: {args.arch}{'' if args.widen == 1 else f' (widen {args.widen})'}, "
+        f"{args.size} px, {args.epochs} epochs, bs {args.bs}, {args.root}",
         flush=True,
     )
     for name in pairs:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 
 import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 PHASES_FIX = "epochs come from the phases: set scale.epochs (resize=fixed) or scale.progressive.N.epochs"
@@ -83,7 +85,20 @@ def check_config(cfg: DictConfig) -> None:
     if not isinstance(compile_mode, bool) and compile_mode not in COMPILE_MODES:
         modes = ", ".join(COMPILE_MODES)
         raise ConfigError(f"model.compile={compile_mode!r}: use true, false or a torch.compile mode: {modes}")
+    check_model(cfg.model)
     check_trainer(cfg)
+
+
+def check_model(model: DictConfig) -> None:
+    """Build the model on the meta device (no memory, no initialisation work), so an unknown arch
+    or a ``widen`` it cannot take is refused in one line before any data is read."""
+    try:
+        with torch.device("meta"):
+            instantiate(model, num_classes=10)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, ValueError):  # create_model's refusals name the fix
+            raise ConfigError(str(err.__cause__)) from err
+        raise
 
 
 def check_trainer(cfg: DictConfig) -> None:

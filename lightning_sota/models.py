@@ -35,10 +35,17 @@ def create_model(
     num_classes: int = 10,
     channels_last: bool = True,
     compile: bool | str = False,
+    widen: float = 1.0,
     **kwargs,
 ) -> nn.Module:
     """``arch``: an xresnet name (timm's resnet*d with fastai's init) or any timm model name.
-    ``compile``: true, or a ``torch.compile`` mode ("reduce-overhead", "max-autotune")."""
+    ``compile``: true, or a ``torch.compile`` mode ("reduce-overhead", "max-autotune").
+    ``widen``: fastai's ``XResNet(widen=)``, each stage's width times it, the stem unchanged;
+    any timm ResNet takes it (as its ``channels``), other architectures refuse it."""
+    if widen != 1:
+        kwargs["channels"] = tuple(int(c * widen) for c in (64, 128, 256, 512))
+        if min(kwargs["channels"]) < 1:
+            raise ValueError(f"model.widen={widen}: leaves a stage without channels: use at least 1/64")
     if arch in XRESNETS:
         model = fastai_init(timm.create_model(XRESNETS[arch], num_classes=num_classes, **kwargs))
     else:
@@ -49,6 +56,10 @@ def create_model(
                 f"unknown model.arch={arch!r}: use one of {sorted(XRESNETS)} or a "
                 "timm model name (timm.list_models())"
             ) from err
+        except TypeError as err:  # a constructor without ``channels``: not a ResNet
+            if widen == 1:
+                raise
+            raise ValueError(f"model.widen={widen}: {arch} is not a timm ResNet: set model.widen=1") from err
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if compile:

@@ -29,6 +29,12 @@ from .conftest import ROOT, config
             ["model.compile=fast"],
             r"model.compile='fast': use true, false or a torch.compile mode: default, lite, ",
         ),
+        # scale=smoke's model.widen=0.5, on a model without stage widths; and an unknown model
+        (
+            ["scale=smoke", "model.arch=mobilenetv3_small_050"],
+            "^model.widen=0.5: mobilenetv3_small_050 is not a timm ResNet: set model.widen=1$",
+        ),
+        (["model.arch=resnet51d"], r"^unknown model.arch='resnet51d': use one of \['xresnet101'"),
     ],
 )
 def test_invalid_values_are_rejected(overrides, message):

@@ -51,3 +51,25 @@ def test_any_timm_name_and_a_clear_error():
     assert create_model("resnet10t", num_classes=4)(torch.randn(2, 3, 32, 32)).shape == (2, 4)
     with pytest.raises(ValueError, match="unknown model.arch='nope'.*timm"):
         create_model("nope")
+
+
+@pytest.mark.parametrize(("arch", "widen"), [("xresnet18", 0.5), ("xresnet50", 0.25)])
+def test_widen_is_fastais(arch, widen):
+    """model.widen (scale=smoke's 0.5) scales each stage's width as fastai's XResNet(widen=):
+    the same conv and linear shapes as fastai's own model, the stem unchanged."""
+    xresnet = pytest.importorskip("fastai.vision.models.xresnet")
+
+    def shapes(model: nn.Module) -> list[tuple[int, ...]]:
+        return sorted(tuple(m.weight.shape) for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear))
+
+    ours = create_model(arch, num_classes=10, widen=widen)
+    assert shapes(ours) == shapes(getattr(xresnet, arch)(n_out=10, widen=widen))
+    assert [m.out_channels for m in ours.conv1 if isinstance(m, nn.Conv2d)] == [32, 32, 64]
+    assert ours.layer4[0].conv1.out_channels == int(512 * widen)
+
+
+def test_widen_refused_where_it_cannot_be_honoured():
+    with pytest.raises(ValueError, match=r"model.widen=0.5: mobilenetv3_small_050 is not a timm ResNet"):
+        create_model("mobilenetv3_small_050", widen=0.5)
+    with pytest.raises(ValueError, match="model.widen=0.001: leaves a stage without channels"):
+        create_model("xresnet18", widen=0.001)

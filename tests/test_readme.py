@@ -282,8 +282,9 @@ def make_target(project: Path, environ: dict, argv: list[str]) -> None:
         before = results(project, "outputs/runs/*/*/results.json")
         run(project, ["make", "train", *(f"{k}={v}" for k, v in assigns.items())], environ)
         assert_complete_runs(results(project, "outputs/runs/*/*/results.json") - before, 1)
-    elif target in ("test", "test-fast"):  # running the suite inside itself: collect it instead
-        proc = run(project, ["make", target, "ARGS=--collect-only -q"], environ)
+    elif target in ("test", "test-fast"):  # running the suite inside itself: collect it instead,
+        # in one process (PARALLEL=: the workers would each collect it again)
+        proc = run(project, ["make", target, "PARALLEL=", "ARGS=--collect-only -q"], environ)
         collected = re.search(r"(\d+)(?:/(\d+))? tests? collected", proc.stdout)
         assert collected, proc.stdout[-2000:]
         if target == "test":  # the README's count is the suite's
@@ -311,7 +312,8 @@ def make_target(project: Path, environ: dict, argv: list[str]) -> None:
         run(ROOT, ["make", "install-bench"], environ)
         assigns |= {
             "BENCH_ARGS": "--scale smoke --epochs 1 --seeds 1",  # sota too: 1 epoch at 24 px, 1 at 32
-            "THROUGHPUT_ARGS": "--sizes 32 --loader-batches 2 --steps 1 --arch resnet10t",
+            # the compiled step is test_train's: compiling would be most of this tiny run
+            "THROUGHPUT_ARGS": "--sizes 32 --loader-batches 2 --steps 1 --arch resnet10t --no-compile",
         }
         proc = run(project, ["make", "bench", *(f"{k}={v}" for k, v in assigns.items())], environ)
         for pair in ("chapter: normalize", "leaderboard: sota"):  # both peers in one invocation
