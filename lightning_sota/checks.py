@@ -94,7 +94,7 @@ def check_model(model: DictConfig) -> None:
     or a ``widen`` it cannot take is refused in one line before any data is read."""
     try:
         with torch.device("meta"):
-            instantiate(model, num_classes=10)
+            instantiate(model, num_classes=10, pretrained=False)  # timm's weights: not needed to check
     except InstantiationException as err:
         if isinstance(err.__cause__, ValueError):  # create_model's refusals name the fix
             raise ConfigError(str(err.__cause__)) from err
