@@ -6,9 +6,7 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 # The resolved set of every dependency the tests last passed with (make lock refreshes it).
 CONSTRAINTS := constraints.txt
-# --no-compile: pip would byte-compile all ~20,000 files of the dependencies, most never imported;
-# Python compiles the ones a run imports, once, on first import.
-PIP_INSTALL := $(PY) -m pip install --quiet --no-compile -c $(CONSTRAINTS)
+PIP_INSTALL := $(PY) -m pip install --quiet -c $(CONSTRAINTS)
 
 .PHONY: install install-bench install-test train test test-fast lint bench ablation lock clean gpu-wheels
 
