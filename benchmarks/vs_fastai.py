@@ -13,10 +13,10 @@ fastai's run too; quick: xresnet18, 64 px, 5 epochs, bs 64; leaderboard: xresnet
   mission      fastai's chapter 7 vs both `normalize` and `sota` (the issue's mission scale:
                `--scale leaderboard`)
 All end with fastai's TTA. `sota` runs its scale's own phases (progressive resizing inside the
-fixed run's time); --arch/--widen/--size/--epochs/--bs change the fixed runs. Where our default precision
-is not fp32, the chapter pair adds a like-for-like row: ours at trainer.precision=32, as fastai
-trains. Prints fit wall times (the one-off cache build apart), accuracies, peak memory and the
-ratios. Figures only: nothing is asserted.
+fixed run's time); --arch/--widen/--size/--epochs/--bs change the fixed runs. Where our default
+precision is not fp32, the chapter pair adds a like-for-like row: ours at trainer.precision=32, as
+fastai trains. Prints fit wall times (the one-off cache build apart), accuracies, peak memory and
+the ratios. Figures only: nothing is asserted.
 """
 
 from __future__ import annotations
