@@ -282,9 +282,8 @@ def make_target(project: Path, environ: dict, argv: list[str]) -> None:
         before = results(project, "outputs/runs/*/*/results.json")
         run(project, ["make", "train", *(f"{k}={v}" for k, v in assigns.items())], environ)
         assert_complete_runs(results(project, "outputs/runs/*/*/results.json") - before, 1)
-    elif target in ("test", "test-fast"):  # running the suite inside itself: collect it instead,
-        # in one process (PARALLEL=: the workers would each collect it again)
-        proc = run(project, ["make", target, "PARALLEL=", "ARGS=--collect-only -q"], environ)
+    elif target in ("test", "test-fast"):  # running the suite inside itself: collect it instead
+        proc = run(project, ["make", target, "ARGS=--collect-only -q"], environ)
         collected = re.search(r"(\d+)(?:/(\d+))? tests? collected", proc.stdout)
         assert collected, proc.stdout[-2000:]
         if target == "test":  # the README's count is the suite's
