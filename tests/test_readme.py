@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -44,12 +44,13 @@ def readme_commands() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
+def project(tmp_path_factory) -> Iterator[Path]:
     """The tracked files in a fresh folder, beside a ../shared like the checkout's, sharing its
     installed .venv (the install itself is what CI's fresh clone exercises)."""
-    # A stale install would otherwise be redone from the copy, pointing the venv's editable
-    # lightning_sota there: bring it up to date from the checkout first (a no-op when it is).
-    subprocess.run(["make", "install"], cwd=ROOT, capture_output=True, check=True)
+    # A stale install would otherwise be redone from the copy (`make test` in it installs the
+    # test extras, `make bench` the bench one), pointing the venv's editable lightning_sota at a
+    # temporary folder: bring every stamp up to date from the checkout first (a no-op when it is).
+    subprocess.run(["make", "install-test"], cwd=ROOT, capture_output=True, check=True)
     top = tmp_path_factory.mktemp("clone")
     (top / "shared").symlink_to(ROOT.parent / "shared")
     copy = top / "lightning-sota"
@@ -60,7 +61,11 @@ def project(tmp_path_factory) -> Path:
             (copy / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, copy / name)  # mtimes kept: make sees .venv up to date
     (copy / ".venv").symlink_to(ROOT / ".venv")
-    return copy
+    yield copy
+    # No command here may leave the shared venv importing lightning_sota from the deleted copy.
+    where = [str(ROOT / ".venv/bin/python"), "-c", "import lightning_sota; print(lightning_sota.__file__)"]
+    installed = subprocess.run(where, cwd="/", capture_output=True, text=True, check=True).stdout
+    assert Path(installed.strip()).is_relative_to(ROOT), f"the venv's lightning_sota is {installed}"
 
 
 def env() -> dict:
@@ -306,9 +311,6 @@ def make_target(project: Path, environ: dict, argv: list[str]) -> None:
         jobs = results(project, "outputs/ablation/runs/smoke/*/seed0/results.json")
         assert len(assert_complete_runs(jobs, len(experiments))) == len(experiments)
     elif target == "bench":
-        # fastai goes into the checkout's venv from the checkout: made from the copy, the bench
-        # extra's install would also point the venv's editable lightning_sota at the copy.
-        run(ROOT, ["make", "install-bench"], environ)
         assigns |= {
             "BENCH_ARGS": "--scale smoke --epochs 1 --seeds 1",  # sota too: 1 epoch at 24 px, 1 at 32
             # the compiled step is test_train's: compiling would be most of this tiny run
