@@ -87,6 +87,7 @@ def find_lr(trainer: pl.Trainer, module: ImageClassifier, data: ImagenetteDataMo
                 update_attr=False,
             )
     finally:
+        module.settle_finite()  # the search's last verdict is the search's: the fit starts clean
         module.stop_on_non_finite = True
     lrs, losses = finder.results["lr"], finder.results["loss"]
     kept_lrs, kept_losses = trimmed(lrs, losses)

@@ -57,6 +57,9 @@ class ImageClassifier(pl.LightningModule):
         self.optimizer_factory, self.schedule_factory, self.mix = optimizer, schedule, mix
         self.channels_last = channels_last
         self.stop_on_non_finite = True  # lr_find turns it off: its search ends where the loss blows up
+        # the last step's (finite here, finite on every rank, loss) not yet read: see watch_finite
+        self._verdict: tuple[Tensor, torch.cuda.Event | None, int, int] | None = None
+        self._verdict_host: Tensor | None = None
         # validate_args reads the labels back to check their range: a host sync every batch.
         # Ours come from the cache's own class indices.
         self.val_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
@@ -91,25 +94,61 @@ class ImageClassifier(pl.LightningModule):
         else:
             x, partner, lam = self.mix(x, y)
             loss = mixed_loss(self.loss, self.model(x), y, partner, lam)
-        # One host read per step: on a GPU it waits for this forward only, and the backward is
-        # queued right after, so the device idles about one kernel launch. Deferring the read
-        # would need an async copy and an event; not worth it before a GPU measures the gap.
-        finite = bool(torch.isfinite(loss))
-        # Every rank decides together: a rank that stopped alone would leave the others blocked
-        # in the gradient all-reduce until the process-group timeout.
-        if not self.trainer.strategy.reduce_boolean_decision(finite, all=True):
-            if not self.stop_on_non_finite:
-                self.trainer.should_stop = True
-                return loss
-            where = f"loss is {loss.item()}" if not finite else "the loss of another DDP rank is not finite"
-            raise NonFiniteLossError(
-                f"{where} at epoch {self.current_epoch}, step {self.global_step}: training stopped "
-                "(the last good checkpoint is kept); lower optim.lr or try trainer.precision=32"
-            )
+        self.settle_finite()  # the previous step's verdict, read only now
+        self.watch_finite(loss)
         self.log(
             "train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x), sync_dist=True
         )
         return loss
+
+    def watch_finite(self, loss: Tensor) -> None:
+        """Queue this step's verdict without waiting for it: whether the loss is finite on this
+        rank and on every rank (an on-device all-reduce), and its value for the message. A read
+        here would make the host wait for the forward every step, so the host reads it at the
+        next step (its forward long done), before validation and before a checkpoint is written:
+        no checkpoint holds weights stepped from a non-finite loss. Every rank reads the same
+        verdict at the same step: a rank that stopped alone would leave the others blocked in the
+        gradient all-reduce until the process-group timeout."""
+        loss = loss.detach().float()
+        here = torch.isfinite(loss).float()
+        everywhere = here.clone()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # not strategy.reduce: Lightning's puts a barrier (a host wait on NCCL) before it
+            torch.distributed.all_reduce(everywhere, op=torch.distributed.ReduceOp.MIN)
+        verdict, event = torch.stack([here, everywhere, loss]), None
+        if verdict.is_cuda:
+            if self._verdict_host is None:
+                self._verdict_host = torch.empty(3, pin_memory=True)
+            verdict = self._verdict_host.copy_(verdict, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+        self._verdict = (verdict, event, self.current_epoch, self.global_step)
+
+    def settle_finite(self) -> None:
+        """Act on the queued verdict, if any: stop every rank with the one-line error (or, for
+        lr_find, end the fit) when a loss was not finite."""
+        if self._verdict is None:
+            return
+        (verdict, event, epoch, step), self._verdict = self._verdict, None
+        if event is not None:
+            event.synchronize()
+        here, everywhere, value = verdict.tolist()
+        if everywhere:
+            return
+        if not self.stop_on_non_finite:
+            self.trainer.should_stop = True
+            return
+        where = f"loss is {value}" if not here else "the loss of another DDP rank is not finite"
+        raise NonFiniteLossError(
+            f"{where} at epoch {epoch}, step {step}: training stopped "
+            "(the last good checkpoint is kept); lower optim.lr or try trainer.precision=32"
+        )
+
+    def on_train_epoch_end(self) -> None:
+        self.settle_finite()
+
+    def on_validation_start(self) -> None:
+        self.settle_finite()
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         """Loader 0 is the val split (reported); loader 1, when there is one, the holdout
@@ -131,6 +170,7 @@ class ImageClassifier(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """What a user of the weights needs; plain types and tensors only, so the file loads
         with ``torch.load(..., weights_only=True)``. No RNG state: see on_train_batch_start."""
+        self.settle_finite()  # never save weights stepped from a non-finite loss
         data = self.trainer.datamodule
         checkpoint["lightning_sota"] = {
             "classes": list(self.classes),

@@ -314,6 +314,26 @@ def test_ddp_cpu_two_processes(tmp_path, mini):
 
 
 @pytest.mark.slow
+def test_nan_on_an_epochs_last_step_is_caught_before_its_checkpoint(tmp_path, mini):
+    """The host reads a step's finite-loss verdict one step late (no GPU drain for it); a NaN on
+    the run's very last step must still stop the run before validation and the epoch's
+    checkpoint, naming the step it happened at, and leave epoch 0's checkpoint and no results."""
+    run = tmp_path / "run"
+    poison = "+callbacks.poison._target_=tests.ddp_hooks.PoisonOneRank"
+    cmd = train_cmd(
+        run, tmp_path / "cache", "+experiment=normalize", "scale=smoke", f"data.root={mini}",
+        poison, "+callbacks.poison.rank=0", "+callbacks.poison.epoch=1", "+callbacks.poison.batch=14",
+    )  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: loss is nan at epoch 1, step 29: training stopped"), last  # 15 a epoch
+    kept = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert kept["epoch"] == 0 and all(torch.isfinite(v).all() for v in kept["state_dict"].values())
+    assert not (run / "results.json").exists()
+
+
+@pytest.mark.slow
 def test_nan_on_one_ddp_rank_stops_every_rank_then_resumes_on_one_device(tmp_path, mini):
     """Rank 1's loss turns NaN in epoch 1; rank 0's stays finite. Both must stop at once with the
     one-line error (not block in the gradient all-reduce), keeping epoch 0's checkpoint; the run
