@@ -62,7 +62,9 @@ class BatchAugment(nn.Module):
     """uint8 [B, H, W, 3] cache batch -> float [B, 3, size, size] in [0, 1], augmented.
 
     Defaults are fastai's ``aug_transforms(min_scale=0.75)``. ``train=False`` gives the
-    validation view: the centre square of the image resized to ``size``.
+    validation view: the centre square of the image resized to ``size``; with ``valid_scale``
+    < 1 only its centre, of side ``valid_scale`` times the square's (fastai multiplies the crop's
+    sides by it, though its docstring says area).
     """
 
     def __init__(
@@ -78,6 +80,7 @@ class BatchAugment(nn.Module):
         p_lighting: float = 0.75,
         mode: str = "bilinear",
         pad_mode: str = "reflection",
+        valid_scale: float = 1.0,
     ) -> None:
         super().__init__()
         self.min_scale, self.p_flip, self.max_rotate = min_scale, p_flip, max_rotate
@@ -85,7 +88,9 @@ class BatchAugment(nn.Module):
         self.p_affine, self.max_lighting, self.p_lighting = p_affine, max_lighting, p_lighting
         if pad_mode not in ("reflection", "border"):
             raise ValueError(f"augment.pad_mode={pad_mode!r}: use reflection (fastai's) or border")
-        self.mode, self.pad_mode = mode, pad_mode
+        if not 0 < valid_scale <= 1:
+            raise ValueError(f"augment.valid_scale={valid_scale}: use a side fraction in (0, 1]")
+        self.mode, self.pad_mode, self.valid_scale = mode, pad_mode, valid_scale
 
     # -- the parts of the geometry ----------------------------------------------------------
     def square(self, box: Tensor, hw: tuple[int, int], train: bool) -> Tensor:
@@ -164,6 +169,8 @@ class BatchAugment(nn.Module):
         """One grid_sample of uint8 NHWC ``image`` to ``size`` px through the whole geometry."""
         n, device = len(image), image.device
         line = (torch.arange(size, device=device, dtype=torch.float32) * 2 + 1) / size - 1
+        if not train:  # RandomResizedCropGPU's valid_scale: the square's centre, its side scaled
+            line = line * self.valid_scale
         ys, xs = torch.meshgrid(line, line, indexing="ij")
         points = torch.stack([xs, ys, torch.ones_like(xs)], -1).view(1, -1, 3).expand(n, -1, 3)
         if train:  # in the square: crop, then affine and warp (a homography), then the padding

@@ -47,6 +47,17 @@ def test_validation_is_the_exact_centre_square_and_deterministic():
     torch.testing.assert_close(aug(batch(img, (0, 0, 32, 48), size=32), train=False), out)
 
 
+def test_valid_scale_takes_the_centre_of_the_square_as_fastai():
+    # fastai's RandomResizedCropGPU(valid_scale=0.5) on a 32x48 image: cp_size (16, 16) at tl
+    # ((32 - 16) // 2, (48 - 16) // 2) = (8, 16), resized to 16 px: those pixels exactly.
+    img = gradient(2, 32, 48)
+    aug = BatchAugment(valid_scale=0.5)
+    out = aug(batch(img, (0, 0, 32, 48), size=16), train=False)
+    torch.testing.assert_close(out, img[:, 8:24, 16:32].permute(0, 3, 1, 2).float() / 255, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="valid_scale"):
+        BatchAugment(valid_scale=1.5)
+
+
 def test_validation_ignores_padding_around_the_box():
     img = torch.zeros(1, 40, 60, 3, dtype=torch.uint8)
     img[:, 5:35, 10:50] = 200  # the real pixels; zeros around them
