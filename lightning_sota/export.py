@@ -3,7 +3,8 @@
     python -m lightning_sota.export outputs/runs/sota/<time> --onnx model.onnx
 
 The graph takes ``image``: float32 [batch, 3, S, S], RGB in [0, 1], at the run's final size S
-(predict's centre view before normalization), any batch size; it returns ``probs``: [batch,
+(predict's centre view before normalization: the centre square, its side times the run's
+``augment.valid_scale``, which the ``.json`` gives), any batch size; it returns ``probs``: [batch,
 classes] softmax probabilities. A ``.json`` of the same name beside it names the classes, the size and the
 normalization that is already applied inside. torch's dynamo exporter (onnxscript) builds it;
 the file is written under a temporary name and renamed, so a failed export leaves nothing.
@@ -62,7 +63,12 @@ def export_onnx(target: str | Path, out: str | Path) -> dict:
     meta = {
         "onnx": str(out),
         "checkpoint": str(run.path),
-        "input": {"name": "image", "shape": ["batch", 3, run.size, run.size], "range": [0, 1]},
+        "input": {
+            "name": "image",
+            "shape": ["batch", 3, run.size, run.size],
+            "range": [0, 1],
+            "valid_scale": run.module.augment.valid_scale,
+        },
         "output": {"name": "probs", "shape": ["batch", len(run.classes)]},
         "classes": run.classes,
         "normalize_inside": run.module.normalize.stats(),
