@@ -71,6 +71,9 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"loss.label_smoothing={eps}: must be in [0, 1)")
     if not 0 < cfg.augment.min_scale <= 1:
         raise ConfigError(f"augment.min_scale={cfg.augment.min_scale}: must be in (0, 1]")
+    valid_scale = cfg.augment.get("valid_scale", 1.0)
+    if not 0 < valid_scale <= 1:
+        raise ConfigError(f"augment.valid_scale={valid_scale}: use a side fraction in (0, 1]")
     if not 0 <= cfg.data.get("holdout", 0) < 1:
         raise ConfigError(f"data.holdout={cfg.data.holdout}: must be a fraction in [0, 1)")
     if cfg.data.get("on_device") not in (None, True, False):

@@ -24,6 +24,10 @@ from .conftest import ROOT, config
         (["+experiment=mixup", "mix.alpha=0"], r"mix.alpha=0.*must be > 0"),
         (["loss=label_smoothing", "loss.label_smoothing=1.0"], r"label_smoothing=1.0: must be in \[0, 1\)"),
         (["optim.lr=0"], r"optim.lr=0.*> 0"),
+        (
+            ["+experiment=sota", "augment.valid_scale=1.5"],
+            r"^augment.valid_scale=1.5: use a side fraction in \(0, 1\]$",
+        ),
         (["data.on_device=auto"], r"data.on_device='auto': use true, false or null"),
         (
             ["model.compile=fast"],
