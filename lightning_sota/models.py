@@ -9,6 +9,7 @@ timm architecture name is passed through unchanged.
 from __future__ import annotations
 
 import timm
+from timm.layers import BlurPool2d
 import torch
 from torch import nn
 
@@ -36,12 +37,17 @@ def create_model(
     channels_last: bool = True,
     compile: bool | str = False,
     widen: float = 1.0,
+    blur_pool: bool = False,
     **kwargs,
 ) -> nn.Module:
     """``arch``: an xresnet name (timm's resnet*d with fastai's init) or any timm model name.
     ``compile``: true, or a ``torch.compile`` mode ("reduce-overhead", "max-autotune").
     ``widen``: fastai's ``XResNet(widen=)``, each stage's width times it, the stem unchanged;
-    any timm ResNet takes it (as its ``channels``), other architectures refuse it."""
+    any timm ResNet takes it (as its ``channels``), other architectures refuse it.
+    ``blur_pool``: the Imagenette leaderboard's MaxBlurPool stem (Zhang 2019, anti-aliased
+    downsampling): the stem's max pool at stride 1, then timm's BlurPool2d at stride 2, as timm's
+    own ``aa_layer`` builds the stem. Only the stem: timm's ``aa_layer`` also blurs every strided
+    block, which makes xresnet50's step 30% slower on a CPU; any timm ResNet takes it."""
     if widen != 1:
         kwargs["channels"] = tuple(int(c * widen) for c in (64, 128, 256, 512))
         if min(kwargs["channels"]) < 1:
@@ -60,6 +66,11 @@ def create_model(
             if widen == 1:
                 raise
             raise ValueError(f"model.widen={widen}: {arch} is not a timm ResNet: set model.widen=1") from err
+    if blur_pool:
+        if not isinstance(getattr(model, "maxpool", None), nn.MaxPool2d):
+            raise ValueError(f"model.blur_pool=true: {arch} has no max-pool stem: set model.blur_pool=false")
+        width = model.bn1.num_features
+        model.maxpool = nn.Sequential(nn.MaxPool2d(3, stride=1, padding=1), BlurPool2d(width, filt_size=3, stride=2))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if compile:
