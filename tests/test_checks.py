@@ -39,6 +39,10 @@ from .conftest import ROOT, config
             "^model.widen=0.5: mobilenetv3_small_050 is not a timm ResNet: set model.widen=1$",
         ),
         (["model.arch=resnet51d"], r"^unknown model.arch='resnet51d': use one of \['xresnet101'"),
+        (
+            ["model.arch=mobilenetv3_small_050", "model.blur_pool=true"],
+            "^model.blur_pool=true: mobilenetv3_small_050 has no max-pool stem: set model.blur_pool=false$",
+        ),
     ],
 )
 def test_invalid_values_are_rejected(overrides, message):
