@@ -9,8 +9,8 @@ timm architecture name is passed through unchanged.
 from __future__ import annotations
 
 import timm
-from timm.layers import BlurPool2d
 import torch
+from timm.layers import BlurPool2d
 from torch import nn
 
 XRESNETS = {
@@ -70,7 +70,7 @@ def create_model(
         if not isinstance(getattr(model, "maxpool", None), nn.MaxPool2d):
             raise ValueError(f"model.blur_pool=true: {arch} has no max-pool stem: set model.blur_pool=false")
         width = model.bn1.num_features
-        model.maxpool = nn.Sequential(nn.MaxPool2d(3, stride=1, padding=1), BlurPool2d(width, filt_size=3, stride=2))
+        model.maxpool = nn.Sequential(nn.MaxPool2d(3, stride=1, padding=1), BlurPool2d(width, stride=2))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if compile:
