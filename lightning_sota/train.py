@@ -240,7 +240,9 @@ def main(cfg: DictConfig) -> float | None:
     try:
         return run(cfg)
     except (ConfigError, DataError, NonFiniteLossError) as err:  # the user's to fix: one line
-        print(f"error: {err}", file=sys.stderr)
+        # One write, so one syscall: print() sends the newline on its own, and under DDP the ranks
+        # share this stderr, so two ranks' lines could run into one.
+        sys.stderr.write(f"error: {err}\n")
         sys.exit(2)
 
 
