@@ -60,6 +60,15 @@ def test_every_experiment_composes_with_every_scale(experiment, scale):
     assert cfg.name == experiment and cfg.scale.name == scale
 
 
+def test_sota_blurs_its_stem_only_at_the_leaderboard_scale():
+    """Chosen on the holdout at scale=leaderboard; at quick it would cost 23% of the step (and the
+    leaderboard pair its 0.4x), so sota there and every other experiment keep fastai's max pool."""
+    assert config("+experiment=sota", "scale=leaderboard").model.blur_pool is True
+    for scale in ("smoke", "quick", "chapter"):
+        assert config("+experiment=sota", f"scale={scale}").model.blur_pool is False
+    assert config("+experiment=normalize", "scale=leaderboard").model.blur_pool is False
+
+
 def run_cli(tmp_path, *overrides: str) -> subprocess.CompletedProcess:
     cmd = [
         sys.executable,
