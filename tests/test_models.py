@@ -102,7 +102,7 @@ def test_blur_pool_is_the_leaderboards_max_blur_pool_stem(dtype):
         assert model(torch.randn(2, 3, 64, 64)).shape == (2, 10)
 
 
-def test_blur_pool_trains_and_is_refused_without_a_max_pool_stem():
+def test_blur_pool_backpropagates_under_bf16_and_is_refused_without_a_max_pool_stem():
     model = create_model("xresnet18", num_classes=10, blur_pool=True)
     x = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
     with torch.autocast("cpu", dtype=torch.bfloat16):
