@@ -21,6 +21,7 @@ import torch
 
 from lightning_sota.augment import BatchAugment
 from lightning_sota.data import ImagenetteDataModule
+from lightning_sota.host_memory import reuse_freed_host_memory
 from lightning_sota.models import create_model
 from lightning_sota.normalize import Normalize
 from lightning_sota.optim import adam
@@ -88,6 +89,7 @@ def main() -> None:
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--cache-dir", default=os.environ.get("LIGHTNING_SOTA_CACHE", "outputs/cache"))
     args = parser.parse_args()
+    reuse_freed_host_memory()  # as train.py does
     device = torch.device(args.device)
     steps = args.steps or (30 if device.type == "cuda" else 3)
 

@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 from .acquire import DataError
 from .checkpoint import restore, scoring_data, scoring_trainer
 from .checks import ConfigError
+from .host_memory import reuse_freed_host_memory
 from .results import write_json
 from .tta import TestTimeAugmentation
 
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="val", help="val (default) or holdout")
     args = parser.parse_intermixed_args(argv)
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    reuse_freed_host_memory()
     try:
         result = evaluate(args.run, args.overrides, args.tta, args.split)
     except (ConfigError, DataError) as err:

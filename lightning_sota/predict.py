@@ -31,6 +31,7 @@ from .cache import load_image, place, stored_shape, upright_size
 from .checkpoint import restore, scoring_trainer
 from .checks import ConfigError
 from .data import IMAGE_SUFFIXES
+from .host_memory import reuse_freed_host_memory
 from .locks import usable_cpus
 from .tta import TestTimeAugmentation
 
@@ -154,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--accelerator", default=None, help="cpu, gpu, ... (default: the run's, auto)")
     parser.add_argument("--precision", default=None, help="32-true, bf16-mixed, ... (default: the run's)")
     args = parser.parse_args(argv)
+    reuse_freed_host_memory()
     try:
         predictor = Predictor(args.checkpoint, args.accelerator, args.precision)
     except ConfigError as err:

@@ -28,6 +28,7 @@ from .callbacks import History, ProgressiveResize
 from .checks import ConfigError, check_batch_split, check_config, check_multirun
 from .config import CONFIG_DIR
 from .data import ImagenetteDataModule
+from .host_memory import reuse_freed_host_memory
 from .interpret import interpret
 from .loggers import keep_rows_before, log_config
 from .lr_find import find_lr
@@ -247,6 +248,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def run(cfg: DictConfig) -> float | None:
+    reuse_freed_host_memory()  # a CPU step's buffers stay mapped: see host_memory.py
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     ckpt_path = None
     if cfg.resume:  # the interrupted run's own config, from its checkpoint, in its own folder
