@@ -4,9 +4,10 @@
     python benchmarks/vs_fastai.py --root ... --pairs chapter --seeds 1 -- trainer.precision=32
     python benchmarks/vs_fastai.py --root ... --scale leaderboard --pairs mission --seeds 1
 
-Each pair is fastai's recipe (benchmarks/fastai_chapter7.py, one seed) against ours (train.py,
-`--seeds` seeds), both at `--scale` (conf/scale: its model, size, epochs and batch size give
-fastai's run too; quick: xresnet18, 64 px, 5 epochs, bs 64; leaderboard: xresnet50, 128 px):
+Each pair is fastai's recipe (benchmarks/fastai_chapter7.py, `--fastai-seeds` seeds, default one)
+against ours (train.py, `--seeds` seeds), both at `--scale` (conf/scale: its model, size, epochs
+and batch size give fastai's run too; quick: xresnet18, 64 px, 5 epochs, bs 64; leaderboard:
+xresnet50, 128 px):
   chapter      fastai's chapter 7 (Adam, fit_one_cycle at 3e-3) vs `+experiment=normalize tta=fastai`
   leaderboard  fastai's leaderboard style (Mish, ranger, label smoothing, fit_flat_cos at 8e-3)
                vs `+experiment=sota`
@@ -56,7 +57,7 @@ def scale_settings(scale: str) -> dict:
     }
 
 
-def run_fastai(args, recipe: str, lr: float) -> dict:
+def run_fastai(args, recipe: str, lr: float, seed: int) -> dict:
     cmd = [
         sys.executable,
         str(ROOT / "benchmarks" / "fastai_chapter7.py"),
@@ -68,7 +69,7 @@ def run_fastai(args, recipe: str, lr: float) -> dict:
         f"--epochs={args.epochs}",
         f"--bs={args.bs}",
         f"--lr={lr}",
-        f"--seed={args.seed}",
+        f"--seed={seed}",
     ]
     start = time.perf_counter()
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
@@ -108,9 +109,14 @@ def summary(runs: list[dict], key: str) -> str:
     return f"{statistics.mean(values):.4g} ± {statistics.stdev(values):.2g}"
 
 
-def table(name: str, fastai: dict, ours: list[dict], fp32: dict | None) -> None:
-    """``name``: "pair: our experiment", as the ratio lines name it."""
-    columns = ["fastai", f"ours ({len(ours)} seed{'s' * (len(ours) > 1)})"] + (["ours fp32"] if fp32 else [])
+def seeds(runs: list[dict]) -> str:
+    return f"{len(runs)} seed{'s' * (len(runs) > 1)}"
+
+
+def table(name: str, fastai: list[dict], ours: list[dict], fp32: dict | None) -> None:
+    """``name``: "pair: our experiment", as the ratio lines name it. Ratios and differences are
+    between means over the seeds."""
+    columns = [f"fastai ({seeds(fastai)})", f"ours ({seeds(ours)})"] + (["ours fp32"] if fp32 else [])
     rows = [
         ("fit wall time (s)", "fit_seconds", "train_seconds"),
         ("val accuracy", "val_acc", "val_acc"),
@@ -122,22 +128,23 @@ def table(name: str, fastai: dict, ours: list[dict], fp32: dict | None) -> None:
     ]
     # ours may run its own phases (sota's progressive resizing): say what it ran
     phases = ", ".join(f"{p['epochs']}x{p['size']} px bs {p['batch_size']}" for p in ours[0]["phases"])
-    print(f"\n{name}: fastai {fastai['recipe']} recipe vs ours ({phases}; {ours[0]['precision']})")
+    print(f"\n{name}: fastai {fastai[0]['recipe']} recipe vs ours ({phases}; {ours[0]['precision']})")
     print(f"{'':20}" + "".join(f"{c:>22}" for c in columns))
     for label, theirs, mine in rows:
-        cells = ["-" if theirs is None else str(fastai[theirs]), summary(ours, mine)]
+        cells = ["-" if theirs is None else summary(fastai, theirs), summary(ours, mine)]
         cells += [str(fp32[mine])] if fp32 else []
         print(f"{label:20}" + "".join(f"{c:>22}" for c in cells))
     fit = statistics.mean(r["train_seconds"] for r in ours)
     val = statistics.mean(r["val_acc"] for r in ours)
     tta = statistics.mean(r["tta_acc"] for r in ours)
-    print(f"fit time ratio ours/fastai ({name}): {fit / fastai['fit_seconds']:.3f}")
+    their_fit = statistics.mean(r["fit_seconds"] for r in fastai)
+    their_val = statistics.mean(r["val_acc"] for r in fastai)
+    their_tta = statistics.mean(r["tta_acc"] for r in fastai)
+    print(f"fit time ratio ours/fastai ({name}): {fit / their_fit:.3f}")
     if fp32:
-        print(
-            f"fit time ratio ours fp32/fastai ({name}): {fp32['train_seconds'] / fastai['fit_seconds']:.3f}"
-        )
-    print(f"val accuracy difference ours-fastai ({name}): {100 * (val - fastai['val_acc']):+.2f} points")
-    print(f"TTA accuracy difference ours-fastai ({name}): {100 * (tta - fastai['tta_acc']):+.2f} points")
+        print(f"fit time ratio ours fp32/fastai ({name}): {fp32['train_seconds'] / their_fit:.3f}")
+    print(f"val accuracy difference ours-fastai ({name}): {100 * (val - their_val):+.2f} points")
+    print(f"TTA accuracy difference ours-fastai ({name}): {100 * (tta - their_tta):+.2f} points")
 
 
 def main() -> None:
@@ -150,7 +157,8 @@ def main() -> None:
     parser.add_argument(
         "--pairs", default="chapter,leaderboard", help="comma-separated: chapter, leaderboard, mission"
     )
-    parser.add_argument("--seeds", type=int, default=3, help="our seeds per pair (fastai runs seed --seed)")
+    parser.add_argument("--seeds", type=int, default=3, help="our seeds per pair, from --seed")
+    parser.add_argument("--fastai-seeds", type=int, default=1, help="fastai's seeds per pair, from --seed")
     parser.add_argument("--scale", default="quick", help="conf/scale name (default: quick)")
     parser.add_argument("--arch", help="default: the scale's model")
     parser.add_argument("--widen", type=float, help="default: the scale's model.widen (smoke: 0.5)")
@@ -186,9 +194,10 @@ def main() -> None:
     )
     for name in pairs:
         recipe, lr, experiments = PAIRS[name]
-        fastai = None if args.ours_only else run_fastai(args, recipe, lr)
-        if fastai:
-            print(f"fastai ({name}): {json.dumps(fastai)}", flush=True)
+        fastai = []
+        for seed in [] if args.ours_only else range(args.seed, args.seed + args.fastai_seeds):
+            fastai.append(run_fastai(args, recipe, lr, seed))
+            print(f"fastai ({name}, seed {seed}): {json.dumps(fastai[-1])}", flush=True)
         for experiment in experiments:
             overrides = OURS[experiment]
             ours = [run_ours(args, overrides, args.seed + i) for i in range(args.seeds)]
