@@ -5,9 +5,10 @@ mmap and unmaps it when freed, and gives the heap's free top back to the kernel 
 M_TRIM_THRESHOLD. A training step allocates and frees the same activation and gradient buffers
 every step, so on a CPU the kernel maps and zeroes them again each time: measured here, 12-17
 thousand page faults and ~36 ms of kernel time per bf16 xresnet18 step at 64 px (bs 64, ~250 ms),
-none with the thresholds raised. Intel's PyTorch tuning guide gets the same by preloading
-jemalloc or tcmalloc; ``mallopt`` needs no install and works from inside the process. The cost:
-the process keeps its peak heap instead of shrinking between steps (its peak RSS is unchanged).
+none with the thresholds raised; two epochs of ``normalize`` at scale=quick ran 4-12 s faster
+(of ~95). Intel's PyTorch tuning guide gets the same by preloading jemalloc or tcmalloc;
+``mallopt`` needs no install and works from inside the process. The cost: the process keeps its
+peak heap between steps (that run's peak RSS: 2.19 GB, against 2.15-2.18 before).
 """
 
 from __future__ import annotations
