@@ -19,7 +19,7 @@ import platform
 # glibc's <malloc.h>
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 # mallopt takes an int: 1 GiB puts every buffer of these models' steps on the heap (the largest,
-# xresnet50 at 224 px in fp32, is ~200 MiB), and the heap's top is never trimmed below 2 GiB.
+# xresnet50 at 224 px in fp32, is ~200 MiB), and the heap's free top goes back only above 2 GiB.
 MMAP_THRESHOLD, TRIM_THRESHOLD = 1 << 30, (1 << 31) - 1
 
 
