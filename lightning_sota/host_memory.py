@@ -8,7 +8,7 @@ thousand page faults and ~36 ms of kernel time per bf16 xresnet18 step at 64 px 
 none with the thresholds raised; two epochs of ``normalize`` at scale=quick ran 4-12 s faster
 (of ~95). Intel's PyTorch tuning guide gets the same by preloading jemalloc or tcmalloc;
 ``mallopt`` needs no install and works from inside the process. The cost: the process keeps its
-peak heap between steps (that run's peak RSS: 2.19 GB, against 2.15-2.18 before).
+peak heap between steps (those runs' peak RSS: 2137-2140 MiB, against 2104-2133 before).
 """
 
 from __future__ import annotations
