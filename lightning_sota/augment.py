@@ -58,6 +58,14 @@ def logit_lighting(x: Tensor, brightness: Tensor, contrast: Tensor) -> Tensor:
     return torch.sigmoid((torch.logit(x.clamp(1e-7, 1 - 1e-7)) + shift) * scale)
 
 
+def at_points(m: Tensor, xs: Tensor, ys: Tensor) -> Tensor:
+    """Rows of ``m`` [B, R, 3] at the points (xs, ys, 1): [B, R, H, W], for xs, ys of shapes that
+    broadcast to [B or 1, H, W]. Three broadcast terms rather than a [B, H·W, 3] @ [B, 3, 3] bmm:
+    with an inner dimension of 3 the two bmms took 3 of a batch's 10 ms at 64 px on a CPU."""
+    a, b, c = m[..., 0, None, None], m[..., 1, None, None], m[..., 2, None, None]
+    return a * xs.unsqueeze(1) + b * ys.unsqueeze(1) + c
+
+
 class BatchAugment(nn.Module):
     """uint8 [B, H, W, 3] cache batch -> float [B, 3, size, size] in [0, 1], augmented.
 
@@ -171,14 +179,13 @@ class BatchAugment(nn.Module):
         line = (torch.arange(size, device=device, dtype=torch.float32) * 2 + 1) / size - 1
         if not train:  # RandomResizedCropGPU's valid_scale: the square's centre, its side scaled
             line = line * self.valid_scale
-        ys, xs = torch.meshgrid(line, line, indexing="ij")
-        points = torch.stack([xs, ys, torch.ones_like(xs)], -1).view(1, -1, 3).expand(n, -1, 3)
+        xs, ys = line.view(1, 1, size), line.view(1, size, 1)
         if train:  # in the square: crop, then affine and warp (a homography), then the padding
             inner = self.warp(n, device) @ self.affine(n, device) @ self.resized_crop(n, device)
-            q = points @ inner.transpose(1, 2)
-            points = torch.cat([self.pad(q[..., :2] / q[..., 2:]), torch.ones_like(q[..., 2:])], -1)
-        outer = self.square(box, image.shape[1:3], train) @ self.transpose(transposed)
-        grid = (points @ outer.transpose(1, 2))[..., :2].reshape(n, size, size, 2)
+            qx, qy, qw = at_points(inner, xs, ys).unbind(1)
+            xs, ys = self.pad(qx / qw), self.pad(qy / qw)
+        outer = self.square(box, image.shape[1:3], train) @ self.transpose(transposed)  # affine
+        grid = at_points(outer[:, :2], xs, ys).permute(0, 2, 3, 1)
         # NHWC uint8 permuted is NCHW in channels_last layout: no copy beyond the float cast.
         x = image.permute(0, 3, 1, 2).float()
         return F.grid_sample(x, grid, mode=self.mode, padding_mode="border", align_corners=False)
