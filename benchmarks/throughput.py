@@ -4,7 +4,8 @@
 
 Loader: cache -> uint8 batch -> device -> fused augmentation -> normalized float batch, what the
 model receives (the caches are built first and reported apart). Step: forward, backward and
-optimizer step of the model on such a batch, eager in four precision/memory-format variants and
+optimizer step of the model on such a batch, eager in four precision/memory-format variants, bf16
++ channels_last once more without the small maps' GEMMs (``model.small_map_gemm=false``), and
 compiled (``model.compile=true``) in the product's default one (bf16 + channels_last on a GPU, fp32
 + channels_last on a CPU), with the seconds its first two steps took (compiling; --no-compile
 leaves it out: on a CPU that is most of a small run). Figures only: nothing is asserted.
@@ -49,12 +50,21 @@ def loader_rate(data: ImagenetteDataModule, device, batches: int) -> float:
 
 
 def step_rate(
-    arch: str, size: int, bs: int, bf16: bool, channels_last: bool, device, steps: int, compile: bool = False
+    arch: str,
+    size: int,
+    bs: int,
+    bf16: bool,
+    channels_last: bool,
+    device,
+    steps: int,
+    compile: bool = False,
+    small_map_gemm: bool = True,
 ) -> tuple[float, float]:
     """Images/s of the timed steps, and the seconds of the two warm-up steps (compiling, if so)."""
-    model = (
-        create_model(arch, num_classes=10, channels_last=channels_last, compile=compile).to(device).train()
+    model = create_model(
+        arch, num_classes=10, channels_last=channels_last, compile=compile, small_map_gemm=small_map_gemm
     )
+    model = model.to(device).train()
     opt = adam(model)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(bs, 3, size, size, device=device).contiguous(memory_format=fmt)
@@ -105,11 +115,12 @@ def main() -> None:
         "fp32+CL",
         "bf16",
         "bf16+CL",
+        "w/o pairs",
         "compiled",
         "compile s",
         "loader/step",
     )
-    widths = (5, 8, 13, 10, 9, 9, 9, 9, 10, 12)
+    widths = (5, 8, 13, 10, 9, 9, 9, 10, 9, 10, 12)
     print(" ".join(f"{h:>{w}}" for h, w in zip(header, widths, strict=True)))
     for size in args.sizes:
         data = ImagenetteDataModule(
@@ -125,6 +136,7 @@ def main() -> None:
             for bf16 in (False, True)
             for cl in (False, True)
         }
+        no_pairs = step_rate(args.arch, size, args.bs, True, True, device, steps, small_map_gemm=False)[0]
         compiled, compile_seconds = (
             step_rate(args.arch, size, args.bs, compiled_bf16, True, device, steps, compile=True)
             if args.compile
@@ -133,7 +145,7 @@ def main() -> None:
         best = max(*rates.values(), compiled)
         print(
             f"{size:>5} {data.cache_seconds:>8.1f} {loader:>13.0f} {rates[False, False]:>10.1f} "
-            f"{rates[False, True]:>9.1f} {rates[True, False]:>9.1f} {rates[True, True]:>9.1f} "
+            f"{rates[False, True]:>9.1f} {rates[True, False]:>9.1f} {rates[True, True]:>9.1f} {no_pairs:>10.1f} "
             + (f"{compiled:>9.1f} {compile_seconds:>10.1f}" if args.compile else f"{'-':>9} {'-':>10}")
             + f" {loader / best:>11.1f}x",
             flush=True,

@@ -1,18 +1,24 @@
-"""3x3 convolutions on feature maps of at most 2x2, as one small GEMM per pair of positions.
+"""3x3 convolutions whose output map is at most 2x2, as one small GEMM per pair of positions.
 
-On such a map a padded 3x3 window around any position covers every position, so the convolution is
+On a 2x2 map a padded 3x3 window around any position covers every position, so the convolution is
     y[p] = sum over input positions q of  x[q] @ W[:, :, q - p + (1, 1)].T
-16 products of (batch x C) by (C x O) on a 2x2 map. oneDNN's convolution multiplies all 9 taps at
-each of the 4 positions (36, 20 of them against the zero padding) and its backward is slow at this
-shape. xresnet's last stage is on 2x2 maps at 48-64 px, the quick scale's sizes; there, on a 2-core
-AMD EPYC in bf16, a 512->512 layer's forward and backward take 9.4 ms instead of 17-18 ms
-(fp32: 19.5 ms instead of 25 ms), about 9% of xresnet18's step. Written by hand because no
-library has it: torch routes every 3x3 convolution to oneDNN on a CPU.
+16 products of (batch x C) by (C x O). oneDNN's convolution multiplies all 9 taps at each of the 4
+positions (36, 20 of them against the zero padding) and its backward is slow at this shape. The
+same holds for the stride-2 convolution that enters the stage (4x4 or 3x3 in, 2x2 out: 36 or 25
+pairs). xresnet's last stage is on 2x2 maps at 48-64 px, the quick scale's sizes; there, on a
+2-core AMD EPYC, forward and backward at batch 64 (benchmarks: tests time nothing) take
+512->512 2x2, bf16:        7.2 ms instead of oneDNN's 15.4 ms (fp32: 13.9 instead of 28.0)
+256->512 stride 2 from 4x4: 6.9 ms instead of 9.9 ms (from 3x3: 4.8 instead of 8.3)
+and xresnet18's bf16 step at 64 px goes from 215 to ~193 ms. One GEMM per tap with the pairs
+gathered by index (9 instead of 16) measured slower: the gathers cost more than the GEMMs saved.
+Written by hand because no library has it: torch routes every 3x3 convolution to oneDNN on a CPU.
 
 Numerics: each product is rounded to the input dtype by the GEMM, and the sums over positions add
-up in fp32 and round once. Under bf16 that is a few roundings where oneDNN rounds once: the
-mean error against an fp64 convolution is ~1.15x oneDNN's (tests/test_small_map_conv.py bounds
-it). The weight's gradient is one GEMM per tap over every pair that uses it, rounded once.
+up in fp32 (fp64 for fp64) and round once. Under bf16 that is a few roundings where oneDNN rounds
+once: the mean error against an fp64 convolution is ~1.55x oneDNN's for the output and the input's
+gradient (tests/test_small_map_conv.py bounds it at 1.75x), a bf16 rounding of an fp32 sum either
+way. One dense GEMM per pass (the convolution as a [H*W*C, 2*2*O] matrix) rounds once but measured
+1.4-3x slower than the pairs. The weight's gradient is one GEMM per tap over every pair that uses it, rounded once.
 """
 
 from __future__ import annotations
@@ -57,6 +63,11 @@ def _taps(h: int, w: int, stride: int) -> dict[tuple[int, int], tuple[list[int],
     return taps
 
 
+def _sum_dtype(x: Tensor) -> torch.dtype:
+    """Where the products add up: fp32 for bf16 and fp16 operands, else their own."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
 class _PairGemm(torch.autograd.Function):
     @staticmethod
     def forward(ctx: FunctionCtx, x: Tensor, weight: Tensor, stride: int) -> Tensor:
@@ -65,7 +76,7 @@ class _PairGemm(torch.autograd.Function):
         n, c, h, w = x.shape
         ho, wo = out_side(h, stride), out_side(w, stride)
         xs = x.permute(0, 2, 3, 1).reshape(n, h * w, c)
-        acc = x.new_zeros(n, ho * wo, weight.shape[0], dtype=torch.float32)
+        acc = x.new_zeros(n, ho * wo, weight.shape[0], dtype=_sum_dtype(x))
         for p, q, ky, kx in _pairs(h, w, stride):
             acc[:, p] += xs[:, q] @ weight[:, :, ky, kx].t()
         ctx.save_for_backward(x, weight)
@@ -79,7 +90,7 @@ class _PairGemm(torch.autograd.Function):
         o, stride = weight.shape[0], ctx.stride
         xs = x.permute(0, 2, 3, 1).reshape(n, h * w, c)
         gs = grad.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(n, -1, o)
-        gx = x.new_zeros(n, h * w, c, dtype=torch.float32)
+        gx = x.new_zeros(n, h * w, c, dtype=_sum_dtype(x))
         for p, q, ky, kx in _pairs(h, w, stride):
             gx[:, q] += gs[:, p] @ weight[:, :, ky, kx]
         # one GEMM per tap, its pairs stacked along the batch: the tap's gradient rounds once
@@ -104,6 +115,7 @@ class SmallMapConv2d(nn.Conv2d):
             x.device.type != "cpu"  # cuDNN's small-map kernels were not measured against this
             or max(out_side(s, stride) for s in x.shape[-2:]) > MAX_SIDE
             or torch.compiler.is_compiling()
+            or torch.compiler.is_exporting()
         ):
             return super().forward(x)
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype

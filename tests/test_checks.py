@@ -38,6 +38,7 @@ from .conftest import ROOT, config
             ["scale=smoke", "model.arch=mobilenetv3_small_050"],
             "^model.widen=0.5: mobilenetv3_small_050 is not a timm ResNet: set model.widen=1$",
         ),
+        (["model.small_map_gemm=auto"], r"^model.small_map_gemm='auto': use true or false$"),
         (["model.arch=resnet51d"], r"^unknown model.arch='resnet51d': use one of \['xresnet101'"),
         (
             ["model.arch=mobilenetv3_small_050", "model.blur_pool=true"],
