@@ -145,7 +145,8 @@ def main() -> None:
         best = max(*rates.values(), compiled)
         print(
             f"{size:>5} {data.cache_seconds:>8.1f} {loader:>13.0f} {rates[False, False]:>10.1f} "
-            f"{rates[False, True]:>9.1f} {rates[True, False]:>9.1f} {rates[True, True]:>9.1f} {no_pairs:>10.1f} "
+            f"{rates[False, True]:>9.1f} {rates[True, False]:>9.1f} {rates[True, True]:>9.1f} "
+            f"{no_pairs:>10.1f} "
             + (f"{compiled:>9.1f} {compile_seconds:>10.1f}" if args.compile else f"{'-':>9} {'-':>10}")
             + f" {loader / best:>11.1f}x",
             flush=True,

@@ -18,7 +18,8 @@ up in fp32 (fp64 for fp64) and round once. Under bf16 that is a few roundings wh
 once: the mean error against an fp64 convolution is ~1.55x oneDNN's for the output and the input's
 gradient (tests/test_small_map_conv.py bounds it at 1.75x), a bf16 rounding of an fp32 sum either
 way. One dense GEMM per pass (the convolution as a [H*W*C, 2*2*O] matrix) rounds once but measured
-1.4-3x slower than the pairs. The weight's gradient is one GEMM per tap over every pair that uses it, rounded once.
+1.4-3x slower than the pairs. The weight's gradient is one GEMM per tap over every pair that uses
+it, rounded once.
 """
 
 from __future__ import annotations

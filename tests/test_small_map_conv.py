@@ -8,8 +8,10 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
 from torch import nn
 
+from lightning_sota.config import compose_config
 from lightning_sota.models import create_model
 from lightning_sota.small_map_conv import SmallMapConv2d, use_small_map_gemm
 
@@ -29,7 +31,16 @@ def ran_pairs(y: torch.Tensor) -> bool:
 
 
 # (input side h, w; stride): every output map of at most 2x2, square or not
-SHAPES = [((1, 1), 1), ((1, 2), 1), ((2, 1), 1), ((2, 2), 1), ((3, 3), 2), ((4, 4), 2), ((4, 3), 2), ((2, 2), 2)]
+SHAPES = [
+    ((1, 1), 1),
+    ((1, 2), 1),
+    ((2, 1), 1),
+    ((2, 2), 1),
+    ((3, 3), 2),
+    ((4, 4), 2),
+    ((4, 3), 2),
+    ((2, 2), 2),
+]
 
 
 @pytest.mark.parametrize(("hw", "stride"), SHAPES)
@@ -45,7 +56,7 @@ def test_pairs_equal_torchs_convolution_and_its_gradients_in_fp64(hw, stride, bi
     torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
     g = torch.randn_like(ref)
     params = (x, conv.weight) + ((conv.bias,) if bias else ())
-    for got, want in zip(torch.autograd.grad(y, params, g), torch.autograd.grad(ref, params, g)):
+    for got, want in zip(torch.autograd.grad(y, params, g), torch.autograd.grad(ref, params, g), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
@@ -84,11 +95,15 @@ def test_under_bf16_autocast_the_error_is_onednns_own(hw, stride):
 
     def errors(out):
         grads = torch.autograd.grad(out, (x, conv.weight), g)
-        return [(a.double() - b).abs().mean().item() for a, b in zip((out, *grads), (exact, *exact_grads))]
+        return [
+            (a.double() - b).abs().mean().item()
+            for a, b in zip((out, *grads), (exact, *exact_grads), strict=True)
+        ]
 
     ours, torchs = errors(y), errors(ref_bf16)
     # measured 1.54-1.58x (output), 1.29-1.57x (input grad), 1.00x (weight grad: one GEMM a tap)
-    for name, e, t, bound in zip(("output", "input grad", "weight grad"), ours, torchs, (1.75, 1.75, 1.05)):
+    bounds = {"output": 1.75, "input grad": 1.75, "weight grad": 1.05}
+    for (name, bound), e, t in zip(bounds.items(), ours, torchs, strict=True):
         assert 0 < e <= bound * t, f"{name}: mean error {e:.3g} against torch's {t:.3g}"
 
 
@@ -97,7 +112,9 @@ def test_larger_maps_and_other_convolutions_keep_torchs_path():
     conv = pair_conv(4, 4, 1, False)
     x = torch.randn(2, 4, 3, 3, dtype=torch.float64, requires_grad=True)
     assert not ran_pairs(conv(x))  # a 3x3 output map
-    assert not ran_pairs(pair_conv(4, 4, 2, False)(torch.randn(2, 4, 5, 5, dtype=torch.float64, requires_grad=True)))
+    assert not ran_pairs(
+        pair_conv(4, 4, 2, False)(torch.randn(2, 4, 5, 5, dtype=torch.float64, requires_grad=True))
+    )
     for other in (
         nn.Conv2d(4, 4, 1),
         nn.Conv2d(4, 4, 3, stride=2, padding=1, groups=2),
@@ -122,21 +139,21 @@ def test_xresnet18_runs_its_last_stage_through_pairs_and_matches_the_plain_model
     paired = []
     for name, m in ours.named_modules():
         if isinstance(m, SmallMapConv2d):
-            m.register_forward_hook(lambda mod, inp, out, name=name: paired.append(name) if ran_pairs(out) else None)
+            m.register_forward_hook(
+                lambda mod, inp, out, name=name: paired.append(name) if ran_pairs(out) else None
+            )
     x = torch.rand(4, 3, 64, 64, dtype=torch.float64).contiguous(memory_format=CL)
     ours.train(), plain.train()
     y, y_plain = ours(x), plain(x)
     assert sorted(paired) == ["layer4.0.conv1", "layer4.0.conv2", "layer4.1.conv1", "layer4.1.conv2"]
     torch.testing.assert_close(y, y_plain, rtol=1e-10, atol=1e-10)
-    y.square().sum().backward(), y_plain.square().sum().backward()
-    for (name, p), q in zip(ours.named_parameters(), plain.parameters()):
+    y.square().sum().backward()
+    y_plain.square().sum().backward()
+    for (name, p), q in zip(ours.named_parameters(), plain.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-8, atol=1e-10, msg=name)
 
 
 def test_the_option_is_honoured_from_the_config_and_a_copy_keeps_the_class():
-    from lightning_sota.config import compose_config
-    from hydra.utils import instantiate
-
     for value, expected in (("true", True), ("false", False)):
         cfg = compose_config([f"model.small_map_gemm={value}"])
         model = instantiate(cfg.model, num_classes=10)
