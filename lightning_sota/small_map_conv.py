@@ -6,11 +6,12 @@ On a 2x2 map a padded 3x3 window around any position covers every position, so t
 positions (36, 20 of them against the zero padding) and its backward is slow at this shape. The
 same holds for the stride-2 convolution that enters the stage (4x4 or 3x3 in, 2x2 out: 36 or 25
 pairs). xresnet's last stage is on 2x2 maps at 48-64 px, the quick scale's sizes; there, on a
-2-core AMD EPYC, forward and backward at batch 64 (benchmarks: tests time nothing) take
+2-core AMD EPYC, forward and backward at batch 64 (a timing loop, best of 3 x 20 calls) take
 512->512 2x2, bf16:        7.2 ms instead of oneDNN's 15.4 ms (fp32: 13.9 instead of 28.0)
 256->512 stride 2 from 4x4: 6.9 ms instead of 9.9 ms (from 3x3: 4.8 instead of 8.3)
-and xresnet18's bf16 step at 64 px goes from 215 to ~193 ms. One GEMM per tap with the pairs
-gathered by index (9 instead of 16) measured slower: the gathers cost more than the GEMMs saved.
+and xresnet18's bf16 step at 64 px goes from 252 to 220 ms (benchmarks/throughput.py's "w/o
+pairs" column). One GEMM per tap for the forward and the input's gradient, the pairs gathered by
+index (9 instead of 16), measured slower: the gathers cost more than the GEMMs saved.
 Written by hand because no library has it: torch routes every 3x3 convolution to oneDNN on a CPU.
 
 Numerics: each product is rounded to the input dtype by the GEMM, and the sums over positions add
@@ -94,12 +95,10 @@ class _PairGemm(torch.autograd.Function):
         gx = x.new_zeros(n, h * w, c, dtype=_sum_dtype(x))
         for p, q, ky, kx in _pairs(h, w, stride):
             gx[:, q] += gs[:, p] @ weight[:, :, ky, kx]
-        # one GEMM per tap, its pairs stacked along the batch: the tap's gradient rounds once
+        # one GEMM per tap over all its pairs' rows (any order, the same in both): it rounds once
         gw = weight.new_zeros(3, 3, o, c)
         for (ky, kx), (ps, qs) in _taps(h, w, stride).items():
-            g_rows = gs[:, ps].transpose(0, 1).reshape(-1, o)
-            x_rows = xs[:, qs].transpose(0, 1).reshape(-1, c)
-            torch.mm(g_rows.t(), x_rows, out=gw[ky, kx])
+            torch.mm(gs[:, ps].reshape(-1, o).t(), xs[:, qs].reshape(-1, c), out=gw[ky, kx])
         gx = gx.to(x.dtype).view(n, h, w, c).permute(0, 3, 1, 2)
         return gx, gw.permute(2, 3, 0, 1), None
 
