@@ -39,6 +39,8 @@ from .conftest import ROOT, config
             "^model.widen=0.5: mobilenetv3_small_050 is not a timm ResNet: set model.widen=1$",
         ),
         (["model.small_map_gemm=auto"], r"^model.small_map_gemm='auto': use true or false$"),
+        (["model.blur_pool=no"], r"^model.blur_pool='no': use true or false$"),
+        (["model.channels_last=1"], r"^model.channels_last=1: use true or false$"),
         (["model.arch=resnet51d"], r"^unknown model.arch='resnet51d': use one of \['xresnet101'"),
         (
             ["model.arch=mobilenetv3_small_050", "model.blur_pool=true"],
