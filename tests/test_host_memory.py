@@ -10,7 +10,7 @@ import pytest
 
 # bf16 training steps of xresnet18 at 32 px, bs 16; prints the median page faults per step over
 # 9 steps after 3 of warm-up. The median, because with the thresholds raised the heap still grows
-# now and then (a brk of 4.5-9 MiB in 11 of 168 steps here, seen with strace: new pages,
+# now and then (a brk of 4.5-9 MiB in 10 of 168 steps here, seen with strace: new pages,
 # faulted once and kept), while glibc's default refaults the step's buffers on every step.
 STEPS = """
 import resource, statistics, sys, torch
