@@ -8,12 +8,13 @@ Honoured Trainer options that touch the plan: ``accumulate_grad_batches`` and
 
 from __future__ import annotations
 
+import inspect
 import os
 
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
-from omegaconf import DictConfig
+from hydra.utils import get_object, instantiate
+from omegaconf import DictConfig, OmegaConf
 
 PHASES_FIX = "epochs come from the phases: set scale.epochs (resize=fixed) or scale.progressive.N.epochs"
 WHOLE_SPLIT = "val_acc and tta_acc are scored on the whole validation split every epoch: remove it"
@@ -76,10 +77,6 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"augment.valid_scale={valid_scale}: use a side fraction in (0, 1]")
     if not 0 <= cfg.data.get("holdout", 0) < 1:
         raise ConfigError(f"data.holdout={cfg.data.holdout}: must be a fraction in [0, 1)")
-    if cfg.data.get("on_device") not in (None, True, False):
-        raise ConfigError(
-            f"data.on_device={cfg.data.on_device!r}: use true, false or null (on a GPU when the caches fit)"
-        )
     if cfg.augment.pad_mode not in ("reflection", "border"):
         raise ConfigError(f"augment.pad_mode={cfg.augment.pad_mode!r}: use reflection (fastai's) or border")
     if cfg.tta and cfg.tta.n < 1:
@@ -88,8 +85,35 @@ def check_config(cfg: DictConfig) -> None:
     if not isinstance(compile_mode, bool) and compile_mode not in COMPILE_MODES:
         modes = ", ".join(COMPILE_MODES)
         raise ConfigError(f"model.compile={compile_mode!r}: use true, false or a torch.compile mode: {modes}")
+    check_switches(cfg)
     check_model(cfg.model)
     check_trainer(cfg)
+
+
+# The annotations a switch of the project's own targets has, and what to write instead.
+SWITCHES = {bool: ((bool,), "true or false"), bool | None: ((bool, type(None)), "true, false or null")}
+
+
+def check_switches(cfg: DictConfig) -> None:
+    """Every parameter the project's own ``_target_``s annotate as a switch gets a bool: a string
+    such as ``model.blur_pool=no`` or ``tta.use_max=off`` is truthy and would silently turn the
+    feature on."""
+
+    def walk(node: dict, path: str) -> None:
+        target = node.get("_target_")
+        if isinstance(target, str) and target.startswith("lightning_sota."):
+            for name, param in inspect.signature(get_object(target), eval_str=True).parameters.items():
+                if name in node and param.annotation in SWITCHES:
+                    types, fix = SWITCHES[param.annotation]
+                    value = OmegaConf.select(cfg, path + name)  # interpolations resolved
+                    if not isinstance(value, types):
+                        raise ConfigError(f"{path}{name}={value!r}: use {fix}")
+        for key, child in node.items():
+            if isinstance(child, dict):
+                walk(child, f"{path}{key}.")
+
+    # unresolved, so a node's interpolations (run directories) are read only where they are switches
+    walk(OmegaConf.to_container(cfg, resolve=False), "")
 
 
 def check_model(model: DictConfig) -> None:

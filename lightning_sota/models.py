@@ -53,14 +53,6 @@ def create_model(
     block, which makes xresnet50's step 30% slower on a CPU; any timm ResNet takes it.
     ``small_map_gemm``: 3x3 convolutions whose output map is at most 2x2 run as one GEMM per pair
     of positions on a CPU (small_map_conv.py: xresnet's last stage at 48-64 px)."""
-    # A switch given as a string ("no", "off") would be truthy and silently turn the feature on.
-    for name, value in (
-        ("channels_last", channels_last),
-        ("blur_pool", blur_pool),
-        ("small_map_gemm", small_map_gemm),
-    ):
-        if not isinstance(value, bool):
-            raise ValueError(f"model.{name}={value!r}: use true or false")
     if widen != 1:
         kwargs["channels"] = tuple(int(c * widen) for c in (64, 128, 256, 512))
         if min(kwargs["channels"]) < 1:

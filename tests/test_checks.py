@@ -28,7 +28,7 @@ from .conftest import ROOT, config
             ["+experiment=sota", "augment.valid_scale=1.5"],
             r"^augment.valid_scale=1.5: use a side fraction in \(0, 1\]$",
         ),
-        (["data.on_device=auto"], r"data.on_device='auto': use true, false or null"),
+        (["data.on_device=auto"], r"^data.on_device='auto': use true, false or null$"),
         (
             ["model.compile=fast"],
             r"model.compile='fast': use true, false or a torch.compile mode: default, lite, ",
@@ -41,6 +41,9 @@ from .conftest import ROOT, config
         (["model.small_map_gemm=auto"], r"^model.small_map_gemm='auto': use true or false$"),
         (["model.blur_pool=no"], r"^model.blur_pool='no': use true or false$"),
         (["model.channels_last=1"], r"^model.channels_last=1: use true or false$"),
+        (["tta=fastai", "tta.use_max=off"], r"^tta.use_max='off': use true or false$"),
+        (["optim.fused=no"], r"^optim.fused='no': use true or false$"),
+        (["data.download=0"], r"^data.download=0: use true or false$"),
         (["model.arch=resnet51d"], r"^unknown model.arch='resnet51d': use one of \['xresnet101'"),
         (
             ["model.arch=mobilenetv3_small_050", "model.blur_pool=true"],
