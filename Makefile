@@ -68,10 +68,12 @@ ablation: install
 # Speed and accuracy beside fastai on the same machine (IMAGENETTE_ROOT: the full official split).
 BENCH_ARGS ?=
 THROUGHPUT_ARGS ?=
+SMALL_MAP_ARGS ?=
 bench: install-bench
 	@test -n "$(IMAGENETTE_ROOT)" || { echo "make bench: set IMAGENETTE_ROOT to a folder with train/ and val/ (README)"; exit 2; }
 	$(PY) benchmarks/vs_fastai.py --root $(IMAGENETTE_ROOT) $(BENCH_ARGS)
 	$(PY) benchmarks/throughput.py --root $(IMAGENETTE_ROOT) $(THROUGHPUT_ARGS)
+	$(PY) benchmarks/small_map_conv.py $(SMALL_MAP_ARGS)
 
 # What a lent GPU machine lacks (it has torch, Lightning, timm, torchmetrics; no network): Hydra's
 # wheels, at the versions constraints.txt pins, into .whl/ for benchmarks/gpu_check.sh to carry.

@@ -315,11 +315,13 @@ def make_target(project: Path, environ: dict, argv: list[str]) -> None:
             "BENCH_ARGS": "--scale smoke --epochs 1 --seeds 1",  # sota too: 1 epoch at 24 px, 1 at 32
             # the compiled step is test_train's: compiling would be most of this tiny run
             "THROUGHPUT_ARGS": "--sizes 32 --loader-batches 2 --steps 1 --arch resnet10t --no-compile",
+            "SMALL_MAP_ARGS": "--bs 4 --calls 1 --repeats 1",
         }
         proc = run(project, ["make", "bench", *(f"{k}={v}" for k, v in assigns.items())], environ)
         for pair in ("chapter: normalize", "leaderboard: sota"):  # both peers in one invocation
             assert f"fit time ratio ours/fastai ({pair})" in proc.stdout, proc.stdout[-3000:]
         assert "loader/step" in proc.stdout
+        assert "512->512 2x2 s1" in proc.stdout and "bf16 error ratio" in proc.stdout
     elif target == "lock":  # it rebuilds the venv and runs this suite: check its recipe only
         proc = run(project, ["make", "-n", "lock"], environ)
         assert "pip freeze" in proc.stdout and "constraints.txt" in proc.stdout and "make test" in proc.stdout
