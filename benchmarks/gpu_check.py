@@ -30,7 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from throughput import loader_rate, step_rate  # noqa: E402
+from throughput import loader_rate, pipeline, step_rate  # noqa: E402
 
 from lightning_sota.data import ImagenetteDataModule  # noqa: E402
 from lightning_sota.locks import usable_cpus  # noqa: E402
@@ -93,13 +93,13 @@ def syncs_per_step(root: Path, cache: Path, size: int, bs: int, steps: int) -> d
         return {"skipped": "no CUDA"}
     from hydra.utils import instantiate
 
+    from lightning_sota.build import build_module
     from lightning_sota.config import compose_config
-    from lightning_sota.train import build_module
 
     cfg = compose_config(["+experiment=sota", f"scale.size={size}", f"scale.batch_size={bs}", "~logger"])
     data = ImagenetteDataModule(root, [{"size": size, "batch_size": bs, "epochs": 1}], cache_dir=cache)
     data.setup("fit")
-    module = build_module(cfg, data.classes).cuda()
+    module = build_module(cfg, data.classes, torch.device("cuda")).cuda()
     module.log = lambda *args, **kwargs: None  # self.log needs Lightning's loop; the step is the same
     trainer = instantiate(cfg.trainer, accelerator="gpu", devices=1, logger=False, max_epochs=1)
     module.trainer = trainer  # the hooks read rank and epoch from it
@@ -133,21 +133,20 @@ def throughput(root: Path, cache: Path, sizes: list[int], batch_sizes: list[int]
     rows = []
     for size in sizes:
         for bs in batch_sizes:
+            xresnet50 = ["model.arch=xresnet50"]
             loaders = {}
             for on_device in (False, True):  # the host's memory-map gather, then data.on_device
-                data = ImagenetteDataModule(
-                    root,
-                    [{"size": size, "batch_size": bs, "epochs": 1}],
-                    cache_dir=cache,
-                    on_device=on_device,
-                )
-                data.setup("fit")
-                data.gather_device = device
+                flag = f"data.on_device={str(on_device).lower()}"
+                data, module = pipeline(str(root), size, bs, device, [*xresnet50, flag], str(cache))
                 batches = max(2, min(30, data.train_batches(data.phases[0]) - 3))
-                loaders[on_device] = loader_rate(data, device, batches)
-            eager, _ = step_rate("xresnet50", size, bs, bf16, True, device, steps)
+                loaders[on_device] = loader_rate(data, module, batches)
+            eager, _ = step_rate(data, module, bf16, steps)
             compiled, compile_seconds = (
-                step_rate("xresnet50", size, bs, bf16, True, device, steps, compile=True)
+                step_rate(
+                    *pipeline(str(root), size, bs, device, [*xresnet50, "model.compile=true"], str(cache)),
+                    bf16,
+                    steps,
+                )
                 if bf16 and bs == batch_sizes[len(batch_sizes) // 2]
                 else (None, None)
             )

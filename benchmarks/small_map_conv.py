@@ -1,4 +1,4 @@
-"""The 3x3 convolutions lightning_sota/small_map_conv.py takes over, by its pairs' GEMMs and by
+"""The 3x3 convolutions lightning_sota/cpu/small_map_conv.py takes over, by its pairs' GEMMs and by
 torch's own convolution (oneDNN on a CPU): milliseconds for a forward and backward (the input's
 and the weight's gradients), the best of --repeats rounds of --calls with the two taking turns,
 in bf16 autocast and fp32; then, under bf16, each one's mean error against an fp64 convolution of
@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_sota.host_memory import reuse_freed_host_memory
-from lightning_sota.small_map_conv import out_side, use_small_map_gemm
+from lightning_sota.cpu.host_memory import reuse_freed_host_memory
+from lightning_sota.cpu.small_map_conv import out_side, use_small_map_gemm
 
 CL = torch.channels_last
 # (in channels, out channels, input side, stride): xresnet's last stage at 48-64 px
@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    reuse_freed_host_memory()  # as train.py does
+    reuse_freed_host_memory()  # as a CPU run does (cpu.reuse_host_memory)
     print(
         f"bs {args.bs}, {torch.get_num_threads()} threads, torch {torch.__version__}; ms per forward+backward"
     )

@@ -25,6 +25,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from .cli import one_line_errors  # noqa: E402
+from .errors import DataError  # noqa: E402
 from .results import is_complete  # noqa: E402
 
 # The chapter's order; other experiments follow alphabetically.
@@ -185,7 +187,7 @@ def plot_curves(table: dict[str, dict], path: Path) -> None:
 def write_report(runs_folder: Path, out: Path) -> dict[str, dict]:
     runs = collect(runs_folder)
     if not runs:
-        raise SystemExit(f"no complete results.json under {runs_folder}: run some experiments first")
+        raise DataError(f"no complete results.json under {runs_folder}: run some experiments first")
     out.mkdir(parents=True, exist_ok=True)
     fields = ["experiment", "seed", "val_acc", "tta_acc", "best_val_acc", "epochs", "train_seconds", "folder"]
     with open(out / "results.csv", "w", newline="") as f:
@@ -199,6 +201,7 @@ def write_report(runs_folder: Path, out: Path) -> dict[str, dict]:
     return table
 
 
+@one_line_errors
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

@@ -1,23 +1,22 @@
 """Step 1: find Imagenette on disk, or download the official archive, verify it and unpack it safely.
 
-Nothing half-done is ever left where it would be trusted: the archive is downloaded to a
-``.part`` name and only renamed once its MD5 matches, and it is extracted into a temporary
-folder that is renamed into place only when extraction finished.
+Nothing half-done is ever left where it would be trusted: the archive is downloaded under a
+temporary name and renamed only once its MD5 matches, and it is extracted into a temporary
+folder that is renamed into place only when extraction finished (files.staged).
 """
 
 from __future__ import annotations
 
 import hashlib
 import http.client
-import os
-import shutil
 import tarfile
-import tempfile
 import urllib.request
 from pathlib import Path
 
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
+from .errors import DataError
+from .files import staged
 from .locks import exclusive
 
 # torchvision's Imagenette archives (torchvision.datasets.Imagenette._ARCHIVES).
@@ -27,10 +26,6 @@ ARCHIVES: dict[str, tuple[str, str]] = {
     "320px": ("imagenette2-320.tgz", "3df6f0d01a2c9592104656642f5e78a3"),
     "160px": ("imagenette2-160.tgz", "e793b78cc4c9e9a4ccc0c1155377a412"),
 }
-
-
-class DataError(RuntimeError):
-    """A problem with the dataset that the user must fix; the message says how."""
 
 
 def has_splits(folder: Path) -> bool:
@@ -85,44 +80,40 @@ def md5sum(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def download_file(url: str, dest: Path, md5: str | None = None, timeout: float = 60.0) -> Path:
-    """Download ``url`` to ``dest`` through ``dest.part``; on any failure or MD5 mismatch the part
-    file is removed and a DataError says what happened."""
+    """Download ``url`` to ``dest`` through a temporary name; on any failure or MD5 mismatch
+    nothing is left and a DataError says what happened."""
     if dest.exists() and (md5 is None or md5sum(dest) == md5):
         return dest
-    part = dest.with_name(dest.name + ".part")
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(part, "wb") as out:
-            total = int(response.headers.get("Content-Length") or 0)
-            columns = (
-                *Progress.get_default_columns()[:1],
-                BarColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
-            )
-            with Progress(*columns, transient=True) as progress:
-                task = progress.add_task(f"download {dest.name}", total=total or None)
-                while block := response.read(1 << 20):
-                    out.write(block)
-                    progress.advance(task, len(block))
-        if total and part.stat().st_size != total:
-            raise DataError(
-                f"download of {url} was cut off at {part.stat().st_size} of {total} bytes: run again to retry"
-            )
-        if md5 is not None and (got := md5sum(part)) != md5:
-            raise DataError(
-                f"MD5 mismatch for {url}: expected {md5}, got {got}; the file was deleted, "
-                "run again to retry (or check data.variant)"
-            )
-    except DataError:
-        part.unlink(missing_ok=True)
-        raise
+        with staged(dest) as stage:
+            with urllib.request.urlopen(url, timeout=timeout) as response, open(stage.path, "wb") as out:
+                total = int(response.headers.get("Content-Length") or 0)
+                columns = (
+                    *Progress.get_default_columns()[:1],
+                    BarColumn(),
+                    DownloadColumn(),
+                    TransferSpeedColumn(),
+                )
+                with Progress(*columns, transient=True) as progress:
+                    task = progress.add_task(f"download {dest.name}", total=total or None)
+                    while block := response.read(1 << 20):
+                        out.write(block)
+                        progress.advance(task, len(block))
+            got_bytes = stage.path.stat().st_size
+            if total and got_bytes != total:
+                raise DataError(
+                    f"download of {url} was cut off at {got_bytes} of {total} bytes: run again to retry"
+                )
+            if md5 is not None and (got := md5sum(stage.path)) != md5:
+                raise DataError(
+                    f"MD5 mismatch for {url}: expected {md5}, got {got}; the file was deleted, "
+                    "run again to retry (or check data.variant)"
+                )
     except (OSError, ValueError, http.client.HTTPException) as err:  # URLError, HTTPError: OSErrors
-        part.unlink(missing_ok=True)
         raise DataError(
             f"could not download {url} ({err}): check the network (or data.base_url), or point "
             "data.root= (or IMAGENETTE_ROOT) at a folder holding train/ and val/"
         ) from err
-    os.replace(part, dest)
     return dest
 
 
@@ -130,12 +121,11 @@ def extract_archive(archive: Path, target: Path) -> Path:
     """Extract a tar archive whose single top-level folder becomes ``target``.
 
     Members with absolute paths or ``..`` are refused outright, and tarfile's ``data`` filter
-    also refuses links leaving the archive, device files and the like;
-    extraction happens in a sibling temporary folder renamed into place when complete."""
+    also refuses links leaving the archive, device files and the like; extraction happens in a
+    temporary folder beside ``target``, renamed into place when complete."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:
-        with tarfile.open(archive) as tar:
+        with staged(target) as stage, tarfile.open(archive) as tar:
             unsafe = [
                 m.name for m in tar.getmembers() if Path(m.name).is_absolute() or ".." in Path(m.name).parts
             ]
@@ -144,12 +134,11 @@ def extract_archive(archive: Path, target: Path) -> Path:
                     f"refused {archive}: member {unsafe[0]!r} would land outside the data folder; "
                     "delete the archive and get it from a trusted source"
                 )
-            tar.extractall(tmp, filter="data")
-        entries = [p for p in tmp.iterdir()]
-        top = entries[0] if len(entries) == 1 and entries[0].is_dir() else tmp
-        os.rename(top, target)
+            stage.path.mkdir()
+            tar.extractall(stage.path, filter="data")
+            entries = list(stage.path.iterdir())
+            if len(entries) == 1 and entries[0].is_dir():  # the archive's own top folder
+                stage.source = entries[0]
     except (tarfile.TarError, OSError) as err:
         raise DataError(f"could not extract {archive}: {err}; delete it and run again") from err
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target

@@ -61,7 +61,7 @@ def logit_lighting(x: Tensor, brightness: Tensor, contrast: Tensor) -> Tensor:
 def at_points(m: Tensor, xs: Tensor, ys: Tensor) -> Tensor:
     """Rows of ``m`` [B, R, 3] at the points (xs, ys, 1): [B, R, H, W], for xs, ys of shapes that
     broadcast to [B or 1, H, W]. Three broadcast terms rather than a [B, H·W, 3] @ [B, 3, 3] bmm:
-    with an inner dimension of 3 the two bmms took 3 of a batch's 10 ms at 64 px on a CPU."""
+    with an inner dimension of 3 a bmm is slow on a CPU, and the output is bit-identical."""
     a, b, c = m[..., 0, None, None], m[..., 1, None, None], m[..., 2, None, None]
     return a * xs.unsqueeze(1) + b * ys.unsqueeze(1) + c
 

@@ -16,7 +16,6 @@ import hashlib
 import math
 import os
 import shutil
-import socket
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -28,6 +27,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps
 from rich.progress import Progress
 
+from .files import is_stage, staged
 from .locks import exclusive, usable_cpus
 
 # 2: EXIF orientation applied (phone photos stored upright); caches of version 1 are rebuilt.
@@ -159,7 +159,7 @@ def _chunks(seq: Sequence, size: int) -> list:
 def _remove_stale(cache_dir: Path) -> None:
     """Drop the temporary folders of killed builds. Called under the build lock, which every
     build holds until its rename: any temporary folder left is a dead one's, on any host."""
-    for tmp in cache_dir.glob("*.tmp-*"):
+    for tmp in filter(is_stage, cache_dir.iterdir()):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -224,16 +224,12 @@ def _build(files: Sequence[Path], presize: int, max_aspect: float, final: Path, 
         transposed[i] = flip
         items.append((i, names[i], top, left, short, long, flip))
 
-    tmp = final.with_name(f"{final.name}.tmp-{socket.gethostname()}-{os.getpid()}")
-    tmp.mkdir()
-    try:
+    with staged(final) as stage:
+        stage.path.mkdir()
         np.lib.format.open_memmap(
-            tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, height, width, 3)
+            stage.path / "images.npy", mode="w+", dtype=np.uint8, shape=(n, height, width, 3)
         ).flush()
-        chunks = [(str(tmp / "images.npy"), c) for c in _chunks(items, 64)]
+        chunks = [(str(stage.path / "images.npy"), c) for c in _chunks(items, 64)]
         for failed in _map(_decode_chunk, chunks, workers, f"presize {n} images to {presize}px"):
             ok[failed] = False
-        np.savez(tmp / "meta.npz", boxes=boxes, transposed=transposed, ok=ok)
-        os.rename(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        np.savez(stage.path / "meta.npz", boxes=boxes, transposed=transposed, ok=ok)

@@ -16,6 +16,9 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from .cpu import Switch
+from .errors import ConfigError
+
 PHASES_FIX = "epochs come from the phases: set scale.epochs (resize=fixed) or scale.progressive.N.epochs"
 WHOLE_SPLIT = "val_acc and tta_acc are scored on the whole validation split every epoch: remove it"
 SET_BY_TRAIN = "train.py sets it for every run"
@@ -44,10 +47,6 @@ REFUSED_TRAINER = {
 
 
 COMPILE_MODES = ("default", "lite", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-
-class ConfigError(ValueError):
-    """An invalid setting; the message names the key and the valid range."""
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -91,7 +90,11 @@ def check_config(cfg: DictConfig) -> None:
 
 
 # The annotations a switch of the project's own targets has, and what to write instead.
-SWITCHES = {bool: ((bool,), "true or false"), bool | None: ((bool, type(None)), "true, false or null")}
+SWITCHES = {
+    bool: (lambda v: isinstance(v, bool), "true or false"),
+    bool | None: (lambda v: v is None or isinstance(v, bool), "true, false or null"),
+    Switch: (lambda v: isinstance(v, bool) or v == "auto", "auto, true or false"),
+}
 
 
 def check_switches(cfg: DictConfig) -> None:
@@ -104,9 +107,9 @@ def check_switches(cfg: DictConfig) -> None:
         if isinstance(target, str) and target.startswith("lightning_sota."):
             for name, param in inspect.signature(get_object(target), eval_str=True).parameters.items():
                 if name in node and param.annotation in SWITCHES:
-                    types, fix = SWITCHES[param.annotation]
+                    valid, fix = SWITCHES[param.annotation]
                     value = OmegaConf.select(cfg, path + name)  # interpolations resolved
-                    if not isinstance(value, types):
+                    if not valid(value):
                         raise ConfigError(f"{path}{name}={value!r}: use {fix}")
         for key, child in node.items():
             if isinstance(child, dict):

@@ -6,9 +6,22 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+from .errors import ConfigError
+
+
+def config_dir() -> str:
+    """``conf/``: inside the installed package (a wheel maps the project's top-level ``conf/``
+    to ``lightning_sota/conf``), else beside the package in a checkout."""
+    package = Path(__file__).resolve().parent
+    inside = package / "conf"
+    return str(inside if (inside / "config.yaml").is_file() else package.parent / "conf")
+
+
+CONFIG_DIR = config_dir()
 
 # ${ls.if_null:x,a,b}: a when x is null, else b. conf/config.yaml picks the run folder with it
 # (resume= continues in the run's own folder); oc.select cannot, as it falls back only for a
@@ -20,8 +33,7 @@ OmegaConf.register_new_resolver(
 
 def fast_precision(accelerator: str) -> str:
     """bf16-mixed where the device computes bf16 natively; else 16-mixed on a GPU and 32-true
-    on a CPU (emulated bf16 on a CPU without AVX-512 BF16 or AMX trained xresnet18 at 59
-    images/s here, fp32 at 103)."""
+    on a CPU, where emulated bf16 trains slower than fp32 (benchmarks/RESULTS.md)."""
     if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
         return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "16-mixed"
     native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
@@ -32,6 +44,10 @@ OmegaConf.register_new_resolver("ls.fast_precision", fast_precision, replace=Tru
 
 
 def compose_config(overrides: list[str]) -> DictConfig:
-    """The config `python train.py <overrides>` composes (no Hydra run, no run folder)."""
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+    """The config `python train.py <overrides>` composes (no Hydra run, no run folder); a
+    mistyped override or option is refused in one line."""
+    try:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            return compose("config", overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(str(err).splitlines()[0]) from err

@@ -19,9 +19,10 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .acquire import DataError, resolve_root
+from .acquire import resolve_root
 from .cache import ImageCache, build_cache
 from .checks import check_batch_split
+from .errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ class DeviceImages:
     """A split's cache resident on the accelerator (data.on_device): a batch is one gather in
     device memory. Written by hand because on a GPU the host loader (a numpy gather, then pinning
     and copying each cached image on the main thread) bounds the step, while the full split's
-    128 px caches (2.0 GB from 224 px JPEGs, measured with du) fit in one GPU's memory many times."""
+    caches at the leaderboard's sizes take a small part of one GPU's memory (benchmarks/RESULTS.md)."""
 
     def __init__(self, images: CachedImages, device: torch.device, chunk: int = 512) -> None:
         cache = images.cache

@@ -1,59 +1,40 @@
 """Score a trained checkpoint without training: accuracy on a split, and fastai TTA with --tta.
 
-    python -m lightning_sota.evaluate outputs/runs/sota/<time> [data.root=...] [--tta] [--split val|holdout]
+    lightning-sota-evaluate outputs/runs/sota/<time> [data.root=...] [--tta] [--split val|holdout]
 
 The checkpoint's own config rebuilds the run's pieces: the data at the final phase's size and
 validation batch size, the model and its weights, normalization, augmentation, TTA and
 precision; Lightning's test loop scores them. So on the run's data it gives the run's val_acc,
 and with --tta its tta_acc (the TTA draws are seeded). Overrides may move the data or the
-device (EVAL_FREE), nothing else; a dataset whose classes differ from the checkpoint's is
-refused. Writes ``eval.json`` into the run folder (beside ``checkpoints/``).
+device (checkpoint.FREE["evaluate"]), nothing else; a dataset whose classes differ from the
+checkpoint's is refused. Writes ``eval.json`` into the run folder (beside ``checkpoints/``).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from .acquire import DataError
-from .checkpoint import restore, scoring_data, scoring_trainer
-from .checks import ConfigError
-from .host_memory import reuse_freed_host_memory
-from .results import write_json
-from .tta import TestTimeAugmentation
-
-# What an evaluation may change: where the data is and what computes, not what is scored.
-EVAL_FREE = (
-    "data.root",
-    "data.cache_dir",
-    "data.download",
-    "data.base_url",
-    "data.variant",
-    "data.workers",
-    "data.cache_workers",
-    "data.val_batch_size",
-    "trainer.accelerator",
-    "trainer.precision",
-)
+from .checkpoint import FREE, restore, scoring_data
+from .cli import one_line_errors
+from .errors import ConfigError
+from .files import write_json
 
 
 def evaluate(target: str, overrides: list[str], tta: bool = False, split: str = "val") -> dict:
-    run = restore(target, overrides, EVAL_FREE)
-    cfg = run.config
+    run = restore(target, "evaluate", overrides)
     data = scoring_data(run)
     # train is not offered: its loader shuffles and drops the last partial batch
     if split not in ("val", "holdout") or (split == "holdout" and not len(data.holdout_index)):
         raise ConfigError(f"--split {split}: use val, or holdout (only for a run with data.holdout)")
     data.test_split = split
-    tta_cb = None
-    if tta:
-        tta_cb = instantiate(cfg.tta) if cfg.get("tta") else TestTimeAugmentation(seed=cfg.seed)
-    trainer = scoring_trainer(cfg, [tta_cb] if tta_cb else [])
+    tta_cb = run.tta() if tta else None
+    trainer = run.trainer
+    if tta_cb:
+        trainer.callbacks.append(tta_cb)
     start = time.perf_counter()
     (scores,) = trainer.test(run.module, datamodule=data, verbose=False)
     index = data.val_index if split == "val" else data.holdout_index
@@ -72,25 +53,21 @@ def evaluate(target: str, overrides: list[str], tta: bool = False, split: str = 
     return result
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("run", help="a run folder or a checkpoint file")
-    parser.add_argument("overrides", nargs="*", help=f"key=value, for {', '.join(EVAL_FREE)}")
+    parser.add_argument("overrides", nargs="*", help=f"key=value, for {', '.join(FREE['evaluate'])}")
     parser.add_argument("--tta", action="store_true", help="also fastai TTA (the run's tta config)")
     parser.add_argument("--split", default="val", help="val (default) or holdout")
     args = parser.parse_intermixed_args(argv)
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
-    reuse_freed_host_memory()
-    try:
-        result = evaluate(args.run, args.overrides, args.tta, args.split)
-    except (ConfigError, DataError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    result = evaluate(args.run, args.overrides, args.tta, args.split)
     print(OmegaConf.to_yaml(result).strip())
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

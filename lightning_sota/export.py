@@ -1,6 +1,6 @@
 """Export a trained checkpoint to ONNX, its normalization inside the graph.
 
-    python -m lightning_sota.export outputs/runs/sota/<time> --onnx model.onnx
+    lightning-sota-export outputs/runs/sota/<time> --onnx model.onnx
 
 The graph takes ``image``: float32 [batch, 3, S, S], RGB in [0, 1], at the run's final size S
 (predict's centre view before normalization: the centre square, its side times the run's
@@ -13,16 +13,15 @@ the file is written under a temporary name and renamed, so a failed export leave
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from .checkpoint import Restored, restore
-from .checks import ConfigError
-from .results import write_json
+from .cli import one_line_errors
+from .errors import ConfigError
+from .files import staged, write_json
 
 
 class Classifier(nn.Module):
@@ -39,13 +38,13 @@ class Classifier(nn.Module):
 
 def export_onnx(target: str | Path, out: str | Path) -> dict:
     """Write ``out`` (ONNX) and ``out`` with ``.json`` (classes, size, normalization); returns the latter."""
-    run = restore(target)
+    # fp32 weights on the CPU, traced without autocast: the graph computes in float32
+    run = restore(target, "export", ["trainer.accelerator=cpu", "trainer.precision=32-true"])
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     net = Classifier(run).eval()
     example = torch.rand(2, 3, run.size, run.size)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
         program = torch.onnx.export(
             net,
@@ -56,10 +55,10 @@ def export_onnx(target: str | Path, out: str | Path) -> dict:
             dynamic_shapes=({0: batch},),
             verbose=False,
         )
-        program.save(str(tmp))
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    except ImportError as err:  # the exporter's packages are the export extra
+        raise ConfigError(f"ONNX export needs {err.name}: pip install 'lightning-sota[export]'") from err
+    with staged(out) as stage:
+        program.save(str(stage.path))
     meta = {
         "onnx": str(out),
         "checkpoint": str(run.path),
@@ -78,6 +77,7 @@ def export_onnx(target: str | Path, out: str | Path) -> dict:
     return meta
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -85,14 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("checkpoint", help="a checkpoint file or a run folder")
     parser.add_argument("--onnx", required=True, help="the .onnx file to write")
     args = parser.parse_args(argv)
-    try:
-        meta = export_onnx(args.checkpoint, args.onnx)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except ImportError as err:  # the exporter's packages are the export extra
-        print(f"error: ONNX export needs {err.name}: pip install -e '.[export]'", file=sys.stderr)
-        return 2
+    meta = export_onnx(args.checkpoint, args.onnx)
     size = meta["input"]["shape"][2]
     print(
         f"{meta['onnx']}: {meta['bytes'] / 1e6:.1f} MB; input image [batch, 3, {size}, {size}] in [0, 1], "
@@ -102,4 +95,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

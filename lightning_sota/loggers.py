@@ -4,13 +4,14 @@ other loggers (TensorBoard, wandb, MLflow)."""
 from __future__ import annotations
 
 import csv
-import os
 import warnings
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import CSVLogger, Logger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+
+from .files import staged
 
 METRICS = "metrics.csv"
 
@@ -47,12 +48,10 @@ def keep_rows_before(folder: Path, step: int) -> None:
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
         header, rows = reader.fieldnames or [], [r for r in reader if int(r["step"]) < step]
-    tmp = path.with_name(f".{METRICS}.tmp-{os.getpid()}")
-    with tmp.open("w", newline="") as f:
+    with staged(path) as stage, stage.path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=header)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def log_config(loggers: list[Logger], cfg: DictConfig) -> None:

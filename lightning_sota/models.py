@@ -13,8 +13,6 @@ import torch
 from timm.layers import BlurPool2d
 from torch import nn
 
-from .small_map_conv import use_small_map_gemm
-
 XRESNETS = {
     "xresnet18": "resnet18d",
     "xresnet34": "resnet34d",
@@ -40,7 +38,6 @@ def create_model(
     compile: bool | str = False,
     widen: float = 1.0,
     blur_pool: bool = False,
-    small_map_gemm: bool = True,
     **kwargs,
 ) -> nn.Module:
     """``arch``: an xresnet name (timm's resnet*d with fastai's init) or any timm model name.
@@ -50,9 +47,9 @@ def create_model(
     ``blur_pool``: the Imagenette leaderboard's MaxBlurPool stem (Zhang 2019, anti-aliased
     downsampling): the stem's max pool at stride 1, then timm's BlurPool2d at stride 2, as timm's
     own ``aa_layer`` builds the stem. Only the stem: timm's ``aa_layer`` also blurs every strided
-    block, which makes xresnet50's step 30% slower on a CPU; any timm ResNet takes it.
-    ``small_map_gemm``: 3x3 convolutions whose output map is at most 2x2 run as one GEMM per pair
-    of positions on a CPU (small_map_conv.py: xresnet's last stage at 48-64 px)."""
+    block, at a much larger cost per step (benchmarks/RESULTS.md); any timm ResNet takes it.
+    The model is plain timm/torch: CPU-only speed-ups are applied by the caller for CPU runs
+    (lightning_sota/cpu/)."""
     if widen != 1:
         kwargs["channels"] = tuple(int(c * widen) for c in (64, 128, 256, 512))
         if min(kwargs["channels"]) < 1:
@@ -76,8 +73,6 @@ def create_model(
             raise ValueError(f"model.blur_pool=true: {arch} has no max-pool stem: set model.blur_pool=false")
         width = model.bn1.num_features
         model.maxpool = nn.Sequential(nn.MaxPool2d(3, stride=1, padding=1), BlurPool2d(width, stride=2))
-    if small_map_gemm:
-        use_small_map_gemm(model)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if compile:
@@ -85,11 +80,3 @@ def create_model(
         # so checkpoints, resume, evaluate and export read a compiled run like any other.
         model.compile(mode=None if compile is True else compile)
     return model
-
-
-def compiled_graphs() -> int:
-    """Graphs torch.compile has built in this process (dynamo's own count): a few per run (train,
-    validation, each new size); dozens would mean it recompiles batch after batch."""
-    from torch._dynamo.utils import counters
-
-    return counters["stats"]["unique_graphs"]

@@ -13,6 +13,7 @@ from torch.optim import Optimizer
 from torchmetrics.classification import MulticlassAccuracy
 
 from .augment import BatchAugment
+from .errors import NonFiniteLossError
 from .mix import mixed_loss
 from .normalize import Normalize
 
@@ -20,10 +21,6 @@ from .normalize import Normalize
 def step_seed(seed: int, rank: int, epoch: int, batch: int) -> int:
     """A seed for one training step of one rank, well mixed (numpy's SeedSequence)."""
     return int(np.random.SeedSequence([seed, rank, epoch, batch]).generate_state(1, np.uint64)[0] >> 1)
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite."""
 
 
 class ImageClassifier(pl.LightningModule):
@@ -56,6 +53,7 @@ class ImageClassifier(pl.LightningModule):
         self.model, self.augment, self.normalize, self.loss = model, augment, normalize, loss
         self.optimizer_factory, self.schedule_factory, self.mix = optimizer, schedule, mix
         self.channels_last = channels_last
+        self.cpu_tuning: dict[str, bool] = {}  # the CPU speed-ups build_module applied (cpu/)
         self.stop_on_non_finite = True  # lr_find turns it off: its search ends where the loss blows up
         # the last step's (finite here, finite on every rank, loss) not yet read: see watch_finite
         self._verdict: tuple[Tensor, torch.cuda.Event | None, int, int] | None = None

@@ -28,20 +28,20 @@ def adam(
     fused: bool = True,
 ) -> torch.optim.AdamW:
     """AdamW is fastai's Adam with ``decouple_wd=True``. ``fused``: one kernel for the whole
-    update (CPU and CUDA), 2.5x faster than foreach on xresnet18 here."""
+    update (CPU and CUDA), faster than foreach (benchmarks/RESULTS.md)."""
     return torch.optim.AdamW(_groups(model, weight_decay), lr=lr, betas=tuple(betas), eps=eps, fused=fused)
 
 
 class FusedRAdamW(torch.optim.Optimizer):
     """fastai's RAdam (``decouple_wd=True``) through torch's fused Adam kernel.
 
-    Written by hand because neither torch nor timm has a fused RAdam: timm's foreach ranger took
-    34 ms an update on an 11M-parameter ResNet on a 2-core CPU, this one 7.5 (fused AdamW 5.8):
-    22 s of a quick `sota` fit. Once rho_t > 5, RAdam's step is Adam's with the step size scaled
-    by r_t, so the fused kernel runs with lr * r_t and weight decay wd / r_t (the decay stays
-    lr * wd), and fastai's denominator sqrt(v / debias2) + eps is Adam's exactly. The first steps (rho_t <= 5:
-    five with beta2 0.99) are momentum SGD, done per tensor. The step count is a Python int per
-    parameter so that r_t never reads the device (no host sync on CUDA)."""
+    Written by hand because neither torch nor timm has a fused RAdam, and timm's foreach ranger
+    updates several times slower (benchmarks/RESULTS.md). Once rho_t > 5, RAdam's step is Adam's
+    with the step size scaled by r_t, so the fused kernel runs with lr * r_t and weight decay
+    wd / r_t (the decay stays lr * wd), and fastai's denominator sqrt(v / debias2) + eps is Adam's
+    exactly. The first steps (rho_t <= 5: five with beta2 0.99) are momentum SGD, done per tensor.
+    The step count is a Python int per parameter so that r_t never reads the device (no host sync
+    on CUDA)."""
 
     def __init__(
         self,

@@ -1,6 +1,8 @@
 """Classify images with a trained checkpoint: one JSON line per image, scored in batches.
 
-    python -m lightning_sota.predict outputs/runs/sota/<time>/checkpoints/last.ckpt photo.jpg folder/ [--tta]
+    lightning-sota-predict outputs/runs/sota/<time> photo.jpg folder/ [--tta]
+
+From Python: ``Predictor(run folder or checkpoint).predict([paths])`` yields (path, probabilities).
 
 Each image goes through the run's own steps: decoded upright (phones store photos sideways with an
 EXIF orientation tag) and presized as the cache does, the validation centre crop at the final
@@ -23,17 +25,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from .cache import load_image, place, stored_shape, upright_size
-from .checkpoint import restore, scoring_trainer
-from .checks import ConfigError
+from .checkpoint import restore
+from .cli import one_line_errors
 from .data import IMAGE_SUFFIXES
-from .host_memory import reuse_freed_host_memory
 from .locks import usable_cpus
-from .tta import TestTimeAugmentation
 
 
 class ImageFiles(Dataset):
@@ -86,14 +85,12 @@ class Predictor:
     ) -> None:
         chosen = {"accelerator": accelerator, "precision": precision}
         overrides = [f"trainer.{k}={v}" for k, v in chosen.items() if v]
-        self.run = restore(checkpoint, overrides, ("trainer.accelerator", "trainer.precision"))
+        self.run = restore(checkpoint, "predict", overrides)
         self.classes, self.size = self.run.classes, self.run.size
-        trainer = scoring_trainer(self.run.config)
-        self.device = trainer.strategy.root_device
-        self.autocast = trainer.precision_plugin.val_step_context
+        self.device = self.run.trainer.strategy.root_device
+        self.autocast = self.run.trainer.precision_plugin.val_step_context
         self.module = self.run.module.to(self.device)
-        tta = self.run.config.get("tta")
-        self.tta = instantiate(tta) if tta else TestTimeAugmentation(seed=self.run.config.seed)
+        self.tta = self.run.tta()
 
     def loader(self, paths: list[Path], batch_size: int = 64, workers: int | None = None) -> DataLoader:
         workers = min(4, usable_cpus()) if workers is None else workers
@@ -142,6 +139,7 @@ def image_paths(paths: list[str]) -> list[Path]:
     return found
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -155,12 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--accelerator", default=None, help="cpu, gpu, ... (default: the run's, auto)")
     parser.add_argument("--precision", default=None, help="32-true, bf16-mixed, ... (default: the run's)")
     args = parser.parse_args(argv)
-    reuse_freed_host_memory()
-    try:
-        predictor = Predictor(args.checkpoint, args.accelerator, args.precision)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    predictor = Predictor(args.checkpoint, args.accelerator, args.precision)
     paths = image_paths(args.paths)
     failed, start = 0, time.perf_counter()
     for path, probs in predictor.predict(paths, args.tta, args.batch_size, args.workers):
@@ -187,4 +180,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -3,45 +3,28 @@
 from __future__ import annotations
 
 import json
-import os
 import resource
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+from omegaconf import DictConfig
+
+if TYPE_CHECKING:
+    from .build import Run
 
 # What a finished run's results.json must hold for a report (and for skip_completed to skip it).
 REQUIRED = ("experiment", "seed", "val_acc", "epochs", "train_seconds", "history")
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write through a temporary name and rename: a killed run never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def summarize(
-    *,
-    name: str,
-    seed: int,
-    arch: str,
-    phases: list[dict],
-    history: list[dict],
-    train_seconds: float,
-    cache_seconds: float,
-    test_seconds: float | None,
-    tta_acc: float | None,
-    train_images: int,
-    val_seconds: float,
-    precision: str,
-    device: str,
-    world_size: int,
-    dataset: dict,
-    normalize: dict | None,
-) -> dict:
+def summarize(cfg: DictConfig, run: Run, train_seconds: float, test_seconds: float | None) -> dict:
+    """What the fit of ``run`` (the config ``cfg``) measured; ``train_seconds`` is the whole fit
+    with its validation passes, ``test_seconds`` the TTA pass (None without one)."""
+    history, data = run.history.rows, run.data
+    dataset = data.summary()
     accs = [row["val_acc"] for row in history if row["val_acc"] is not None]
     holdout = [row["holdout_acc"] for row in history if row.get("holdout_acc") is not None]
-    step_seconds = max(train_seconds - val_seconds, 1e-9)
-    held = dataset.get("holdout", 0)
+    step_seconds = max(train_seconds - run.history.val_seconds, 1e-9)
+    held = dataset["holdout"]
     # Which images each accuracy was measured on; selection (sweeps, recipe tuning) reads
     # holdout_acc when there is one, so the val split stays a report.
     splits = {"val_acc": f"val: the official validation split ({dataset['val']} images)"}
@@ -51,35 +34,45 @@ def summarize(
             f"holdout: {held} train images, stratified by class, seed {dataset['holdout_seed']}, "
             "not trained on"
         )
+    val_images = sum(row["val_images"] for row in history) + held * len(history)
+    compiled = cfg.model.get("compile")
     return {
-        "experiment": name,
-        "seed": seed,
-        "arch": arch,
-        "phases": phases,
-        "epochs": sum(p["epochs"] for p in phases),
+        "experiment": cfg.name,
+        "seed": cfg.seed,
+        "arch": cfg.model.arch,
+        "phases": [vars(p) for p in data.phases],
+        "epochs": data.epochs,
         "val_acc": accs[-1] if accs else None,
-        "tta_acc": tta_acc,
+        "tta_acc": run.tta.accuracy if run.tta else None,
         "best_val_acc": max(accs) if accs else None,
         "holdout_acc": holdout[-1] if holdout else None,
         "selected_on": "holdout_acc" if held else "val_acc",
         "splits": splits,
         "history": history,
         "train_seconds": round(train_seconds, 2),
-        "cache_seconds": round(cache_seconds, 2),
+        "cache_seconds": round(data.cache_seconds, 2),
         "test_seconds": None if test_seconds is None else round(test_seconds, 2),
-        "train_images_per_second": round(train_images / step_seconds, 1),
+        "train_images_per_second": round(run.history.train_images / step_seconds, 1),
         # the validation passes' rate (val and holdout images), for predict's to be read against
-        "val_images_per_second": round(
-            (sum(row["val_images"] for row in history) + held * len(history)) / max(val_seconds, 1e-9), 1
-        ),
+        "val_images_per_second": round(val_images / max(run.history.val_seconds, 1e-9), 1),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-        "precision": precision,
-        "device": device,
+        "precision": str(run.trainer.precision),
+        "device": run.trainer.strategy.root_device.type,
         # DDP ranks: each phase's batch_size is the global batch, batch_size/world_size per rank
-        "world_size": world_size,
-        "normalize": normalize,
+        "world_size": run.trainer.world_size,
+        "cpu_tuning": run.module.cpu_tuning,
+        "normalize": run.module.normalize.stats(),
         "dataset": dataset,
+        **({"compile": {"mode": compiled, "graphs": compiled_graphs()}} if compiled else {}),
     }
+
+
+def compiled_graphs() -> int:
+    """Graphs torch.compile has built in this process (dynamo's own count): a few per run (train,
+    validation, each new size); dozens would mean it recompiles batch after batch."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
 
 
 def is_complete(path: Path) -> bool:

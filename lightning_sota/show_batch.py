@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -23,14 +21,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
-from hydra.errors import HydraException  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
-from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from .acquire import DataError  # noqa: E402
-from .checks import ConfigError, check_config  # noqa: E402
+from .checks import check_config  # noqa: E402
+from .cli import one_line_errors  # noqa: E402
 from .config import compose_config  # noqa: E402
+from .files import staged  # noqa: E402
 from .module import step_seed  # noqa: E402
 
 
@@ -60,10 +57,11 @@ def save_grid(images: Tensor, titles: list[str], path: Path, title: str, n: int 
 
 def save_figure(fig: plt.Figure, path: Path, dpi: int = 100) -> Path:
     """Through a temporary name: a crash never leaves half a PNG that looks finished."""
-    part = path.with_name(path.name + ".part")
-    fig.savefig(part, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(part, path)
+    try:
+        with staged(path) as stage:
+            fig.savefig(stage.path, format="png", dpi=dpi, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -105,6 +103,7 @@ def first_batch(overrides: list[str], valid: bool) -> tuple[Tensor, list[str], s
     return images, titles, f"{cfg.name}: first {view} batch, {int(batch['size'])} px"
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -114,17 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="show_batch.png")
     parser.add_argument("--n", type=int, default=9, help="images in the grid (fastai's max_n)")
     args = parser.parse_intermixed_args(argv)
-    try:
-        images, titles, title = first_batch(args.overrides, args.valid)
-    except (ConfigError, DataError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except (HydraException, OmegaConfBaseException) as err:  # a mistyped override or group
-        print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
-        return 2
+    images, titles, title = first_batch(args.overrides, args.valid)
     print(save_grid(images, titles, Path(args.out), title, args.n))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -1,7 +1,9 @@
-"""Fixtures that write real image files: JPEG folders in the official layout."""
+"""Fixtures that write real image files (JPEG folders in the official layout), and the one way
+the tests start the project's commands: ``run_cli`` (``run_train`` for ``python train.py``)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -92,6 +94,37 @@ def mini() -> Path:
     return MINI
 
 
+def run_cli(
+    *argv: str | Path, ok: bool | None = True, cwd: Path = ROOT, env: dict | None = None, timeout: int = 600
+) -> subprocess.CompletedProcess:
+    """A command as a user types it (``python -m lightning_sota.evaluate ...``; ``python`` is this
+    interpreter), in a subprocess. ``ok``: it must exit 0 (True) or fail (False); None: either."""
+    args = [sys.executable if a == "python" else str(a) for a in argv]
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if ok is not None:
+        why = f"{' '.join(args)} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        assert (proc.returncode == 0) == ok, why
+    return proc
+
+
+def train_command(*overrides: str | Path, tmp: Path | None = None) -> list[str]:
+    """``python train.py <overrides>``, the checkout's entry point. With ``tmp``, the run goes to
+    ``tmp/run`` and its cache to ``tmp/cache`` (a user's run goes to outputs/: test_readme's)."""
+    where = [f"hydra.run.dir={tmp / 'run'}", f"data.cache_dir={tmp / 'cache'}"] if tmp else []
+    return [sys.executable, str(ROOT / "train.py"), *where, *map(str, overrides)]
+
+
+def run_train(
+    *overrides: str | Path, tmp: Path | None = None, ok: bool | None = True, **kwargs
+) -> subprocess.CompletedProcess:
+    """``train_command`` run to the end (run_cli's ``ok``, ``cwd``, ``env``, ``timeout``)."""
+    return run_cli(*train_command(*overrides, tmp=tmp), ok=ok, **kwargs)
+
+
+def results(run: Path) -> dict:
+    return json.loads((run / "results.json").read_text())
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> Path:
     """One `sota` smoke run on the mini set (TTA on): the checkpoint that evaluate, predict and
@@ -102,20 +135,6 @@ def trained_run(tmp_path_factory) -> Path:
     tmp.mkdir(exist_ok=True)
     with exclusive(tmp / ".lock", "the trained smoke run"):
         if not (tmp / "run" / "results.json").is_file():
-            train_smoke_run(tmp)
+            shutil.rmtree(tmp / "run", ignore_errors=True)  # a failed build's leftovers
+            run_train("+experiment=sota", "scale=smoke", f"data.root={MINI}", tmp=tmp)
     return tmp / "run"
-
-
-def train_smoke_run(tmp: Path) -> None:
-    shutil.rmtree(tmp / "run", ignore_errors=True)  # a failed build's leftovers
-    cmd = [
-        sys.executable,
-        "train.py",
-        "+experiment=sota",
-        "scale=smoke",
-        f"data.root={MINI}",
-        f"data.cache_dir={tmp / 'cache'}",
-        f"hydra.run.dir={tmp / 'run'}",
-    ]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]

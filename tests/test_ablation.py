@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from lightning_sota.ablation import collect, summarize, write_report
+from lightning_sota.errors import DataError
 from lightning_sota.results import is_complete
 
-from .conftest import ROOT
+from .conftest import run_train
 
 
 def result(folder: Path, experiment: str, seed: int, val: float, tta: float | None, epochs: int = 5) -> None:
@@ -88,7 +87,7 @@ def test_single_runs_have_no_error_estimate(tmp_path):
 
 
 def test_empty_folder_is_a_clear_error(tmp_path):
-    with pytest.raises(SystemExit, match="no complete results.json"):
+    with pytest.raises(DataError, match="no complete results.json"):
         write_report(tmp_path, tmp_path / "out")
 
 
@@ -98,17 +97,8 @@ def test_completed_job_is_skipped(tmp_path, mini):
     result(run, "baseline", 0, 0.5, None)
     assert is_complete(run / "results.json")
     before = (run / "results.json").read_text()
-    cmd = [
-        sys.executable,
-        "train.py",
-        "+experiment=baseline",
-        "scale=smoke",
-        f"data.root={mini}",
-        "skip_completed=true",
-        f"hydra.run.dir={run}",
-        f"data.cache_dir={tmp_path / 'cache'}",
-    ]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = run_train(
+        "+experiment=baseline", "scale=smoke", f"data.root={mini}", "skip_completed=true", tmp=tmp_path
+    )
     assert "skipped" in proc.stderr + proc.stdout
     assert (run / "results.json").read_text() == before and not (tmp_path / "cache").exists()

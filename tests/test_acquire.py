@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from lightning_sota import acquire
-from lightning_sota.acquire import DataError, resolve_root
+from lightning_sota.acquire import resolve_root
+from lightning_sota.errors import DataError
 
 from .conftest import ROOT, make_folder
 

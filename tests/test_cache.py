@@ -132,7 +132,7 @@ def test_a_build_in_progress_on_another_node_is_waited_for_not_deleted(tmp_path)
     cache_dir = tmp_path / "cache"
     cache_dir.mkdir()
     name = f"p32-{cache.fingerprint(files, 32, 4 / 3)}"
-    foreign = cache_dir / f"{name}.tmp-othernode-4194000"
+    foreign = cache_dir / f".{name}.tmp-othernode-4194000"  # files.staged's name on another host
     with exclusive(cache_dir / ".build.lock", "another node's build"):
         foreign.mkdir()
         proc = subprocess.Popen(

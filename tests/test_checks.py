@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
-from lightning_sota.checks import ConfigError, check_config
+from lightning_sota.checks import check_config
+from lightning_sota.errors import ConfigError
 
-from .conftest import ROOT, config
+from .conftest import config, run_train
 
 
 @pytest.mark.parametrize(
@@ -38,7 +36,7 @@ from .conftest import ROOT, config
             ["scale=smoke", "model.arch=mobilenetv3_small_050"],
             "^model.widen=0.5: mobilenetv3_small_050 is not a timm ResNet: set model.widen=1$",
         ),
-        (["model.small_map_gemm=auto"], r"^model.small_map_gemm='auto': use true or false$"),
+        (["cpu.small_map_gemm=yes"], r"^cpu.small_map_gemm='yes': use auto, true or false$"),
         (["model.blur_pool=no"], r"^model.blur_pool='no': use true or false$"),
         (["model.channels_last=1"], r"^model.channels_last=1: use true or false$"),
         (["tta=fastai", "tta.use_max=off"], r"^tta.use_max='off': use true or false$"),
@@ -86,19 +84,10 @@ def test_sota_progressive_phases_fit_the_fixed_epochs_pixel_budget(scale):
     assert phases[-1].size == cfg.scale.size and len(phases) > 1
 
 
-def run_cli(tmp_path, *overrides: str) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable,
-        "train.py",
-        f"hydra.run.dir={tmp_path / 'run'}",
-        f"data.cache_dir={tmp_path / 'cache'}",
-        *overrides,
-    ]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
-
-
 def test_cli_bad_value_is_one_line_before_any_data(tmp_path):
-    proc = run_cli(tmp_path, "scale=smoke", "scale.size=-1", f"data.root={tmp_path / 'nowhere'}")
+    proc = run_train(
+        "scale=smoke", "scale.size=-1", f"data.root={tmp_path / 'nowhere'}", tmp=tmp_path, ok=False
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (
         "error: resize.phases[0].size=-1: must be a positive integer"
@@ -108,11 +97,8 @@ def test_cli_bad_value_is_one_line_before_any_data(tmp_path):
 
 def test_multirun_with_lightnings_ddp_launcher_is_refused(tmp_path):
     """Each rank Lightning starts re-runs the command: under -m, the whole sweep (Lightning #15689)."""
-    cmd = [
-        sys.executable, "train.py", "-m", "trainer=ddp_cpu", "scale=smoke", "seed=0,1",
-        f"hydra.sweep.dir={tmp_path / 'sweep'}", f"data.cache_dir={tmp_path / 'cache'}",
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    sweep = [f"hydra.sweep.dir={tmp_path / 'sweep'}", f"data.cache_dir={tmp_path / 'cache'}"]
+    proc = run_train("-m", "trainer=ddp_cpu", "scale=smoke", "seed=0,1", *sweep, ok=False)
     assert proc.returncode == 2, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: trainer.strategy=ddp under -m: ") and "hydra/launcher=slurm" in last
@@ -120,7 +106,9 @@ def test_multirun_with_lightnings_ddp_launcher_is_refused(tmp_path):
 
 
 def test_cli_missing_data_names_the_fix(tmp_path):
-    proc = run_cli(tmp_path, "scale=smoke", f"data.root={tmp_path / 'nowhere'}", "data.download=false")
+    proc = run_train(
+        "scale=smoke", f"data.root={tmp_path / 'nowhere'}", "data.download=false", tmp=tmp_path, ok=False
+    )
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: no train/ and val/ folders in") and "IMAGENETTE_ROOT" in last
@@ -131,6 +119,6 @@ def test_cli_missing_data_names_the_fix(tmp_path):
     [("+experiment=nope", "experiment", "progressive_resize"), ("mix=mixupp", "mix", "cutmix")],
 )
 def test_cli_unknown_experiment_or_option_lists_the_options(tmp_path, override, group, option):
-    proc = run_cli(tmp_path, override)
+    proc = run_train(override, tmp=tmp_path, ok=False)
     assert proc.returncode != 0
     assert f"Available options in '{group}'" in proc.stderr and option in proc.stderr

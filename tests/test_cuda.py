@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
 import torch
 
 from lightning_sota.augment import BatchAugment
 from lightning_sota.predict import Predictor
 
-from .conftest import ROOT
+from .conftest import results, run_train
 from .test_augment import batch
 
 pytestmark = [
@@ -45,14 +41,17 @@ def test_a_gpu_run_trains_and_its_checkpoint_predicts_on_the_cpu(tmp_path, mini)
     """`trainer=gpu` at smoke scale, bf16-mixed (the GPU default): the loss falls, and the
     checkpoint, saved from the GPU, scores on the CPU as the run's validation did."""
     run = tmp_path / "run"
-    cmd = [
-        sys.executable, "train.py", "+experiment=sota", "scale=smoke", "trainer=gpu", "trainer.devices=1",
-        f"data.root={mini}", f"data.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run}",
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads((run / "results.json").read_text())
+    run_train(
+        "+experiment=sota",
+        "scale=smoke",
+        "trainer=gpu",
+        "trainer.devices=1",
+        f"data.root={mini}",
+        tmp=tmp_path,
+    )
+    res = results(run)
     assert res["device"] == "cuda" and res["precision"] == "bf16-mixed"
+    assert res["cpu_tuning"] == {"small_map_gemm": False, "reuse_host_memory": False}
     losses = [h["train_loss"] for h in res["history"]]
     assert losses[-1] < losses[0]
     predictor = Predictor(run / "checkpoints" / "last.ckpt", accelerator="cpu", precision="32-true")

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_sota.acquire import DataError
 from lightning_sota.augment import BatchAugment
 from lightning_sota.data import (
     DeviceImages,
@@ -16,6 +15,7 @@ from lightning_sota.data import (
     scan_split,
     stratified_split,
 )
+from lightning_sota.errors import DataError
 
 from .conftest import write_image
 

@@ -5,29 +5,23 @@ from __future__ import annotations
 
 import json
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
-from wandb.proto import wandb_internal_pb2
 
-from .conftest import MINI, ROOT
+from .conftest import MINI, results, run_train
 
 
 def train(run: Path, *overrides: str) -> dict:
-    cmd = [sys.executable, "train.py", f"data.root={MINI}", f"data.cache_dir={run.parent / 'cache'}"]
-    proc = subprocess.run(
-        [*cmd, f"hydra.run.dir={run}", *overrides], cwd=ROOT, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads((run / "results.json").read_text())
+    run_train(f"data.root={MINI}", *overrides, tmp=run.parent)
+    return results(run)
 
 
 def wandb_records(path: Path) -> list:
     """The records of an offline run's .wandb file: a 7-byte W&B header, then LevelDB's log format
     (32 KiB blocks of chunks: crc32, 2-byte length, type 1 full / 2 first / 3 middle / 4 last)."""
+    from wandb.proto import wandb_internal_pb2
+
     data = path.read_bytes()
     assert data[:4] == b":W&B", data[:8]
     records, pos, pending = [], 7, b""
@@ -53,11 +47,11 @@ def key(item) -> str:
 
 @pytest.mark.slow
 def test_fast_dev_run_of_every_phase_logged_to_wandb_and_mlflow(tmp_path):
+    pytest.importorskip("wandb", reason="the loggers extra: pip install '.[loggers]'")
+    MlflowClient = pytest.importorskip("mlflow.tracking").MlflowClient
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     common = ["+experiment=progressive_resize", "scale=smoke", "debug=fdr", "logger=[wandb,mlflow]"]
-    proc = subprocess.run(
-        [sys.executable, "train.py", *common, "--cfg", "hydra"], cwd=ROOT, capture_output=True, text=True
-    )
+    proc = run_train(*common, "--cfg", "hydra")
     assert "dir: ${ls.if_null:${resume},outputs/debug/${name}/" in proc.stdout  # apart from results
     res = train(tmp_path / "run", *common, f"logger.mlflow.tracking_uri={store}")
     # each phase once, one batch each; then the whole val split, TTA-free, and the contract

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
 
-from .conftest import COLOURS, ROOT, write_image
+from .conftest import COLOURS, run_cli, write_image
 
 
-def evaluate(*args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "lightning_sota.evaluate", *args]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+def evaluate(*args) -> subprocess.CompletedProcess:
+    return run_cli("python", "-m", "lightning_sota.evaluate", *args, ok=None)
 
 
 @pytest.mark.slow
@@ -41,6 +39,10 @@ def test_evaluate_reproduces_the_run_and_refuses_other_data(trained_run, tmp_pat
     assert (run / "eval.json").read_text() == before
     # what would change the scoring is refused, by name
     proc = evaluate(str(run), "augment.min_scale=0.5", cache)
-    assert proc.returncode == 2 and "augment.min_scale=0.5" in proc.stderr and proc.stderr.count("\n") == 1
+    assert (
+        proc.returncode == 2
+        and "augment.min_scale: 0.75 -> 0.5" in proc.stderr
+        and proc.stderr.count("\n") == 1
+    )
     proc = evaluate(str(tmp_path / "nowhere"))
     assert proc.returncode == 2 and "no checkpoint" in proc.stderr

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from .conftest import MINI, ROOT
-from .test_train import CONTRACT, run_train
+from .conftest import MINI, results, run_train
+from .test_train import CONTRACT
 
 EXPERIMENTS = ["baseline", "normalize", "progressive_resize", "tta", "mixup", "label_smoothing", "sota"]
 
@@ -28,9 +26,7 @@ def cpu_precision() -> str:
 def sweep(tmp_path_factory):
     """One process runs every experiment (Hydra's basic launcher): one startup, one cache."""
     tmp = tmp_path_factory.mktemp("experiments")
-    cmd = [
-        sys.executable,
-        "train.py",
+    run_train(
         "-m",
         f"+experiment={','.join(EXPERIMENTS)}",
         "scale=smoke",
@@ -38,9 +34,8 @@ def sweep(tmp_path_factory):
         f"data.cache_dir={tmp / 'cache'}",
         f"hydra.sweep.dir={tmp / 'sweep'}",
         "hydra.sweep.subdir=${name}",
-    ]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        timeout=900,
+    )
     return tmp / "sweep"
 
 
@@ -53,6 +48,7 @@ def test_baseline_learns_and_writes_the_contract(sweep):
     assert res["dataset"]["train"] == 500 and res["dataset"]["val"] == 200
     assert res["dataset"]["skipped"] == [] and res["device"] == "cpu"
     assert res["precision"] == cpu_precision() and res["tta_acc"] is None
+    assert res["cpu_tuning"] == {"small_map_gemm": True, "reuse_host_memory": True}  # cpu: auto
     hist = res["history"]
     assert [h["epoch"] for h in hist] == [0, 1] and all(h["size"] == 32 for h in hist)
     # Every epoch trained 15 full batches of 32 (drop_last) and scored each val image once.
@@ -114,15 +110,16 @@ def test_experiment_at_smoke_scale(experiment, sweep):
 
 @pytest.mark.slow
 def test_batch_normalization_stats_and_cutmix(tmp_path, mini):
-    res = run_train(
-        tmp_path,
+    run_train(
         "+experiment=label_smoothing",
         "scale=smoke",
         f"data.root={mini}",
         "normalize=batch",
         "mix=cutmix",
         "scale.epochs=1",
+        tmp=tmp_path,
     )
+    res = results(tmp_path / "run")
     stats = res["normalize"]
     assert 0.2 < min(stats["mean"]) and max(stats["mean"]) < 0.8 and min(stats["std"]) > 0.1
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)

@@ -10,11 +10,11 @@ import pytest
 
 # bf16 training steps of xresnet18 at 32 px, bs 16; prints the median page faults per step over
 # 9 steps after 3 of warm-up. The median, because with the thresholds raised the heap still grows
-# now and then (a brk of 4.5-9 MiB in 10 of 168 steps here, seen with strace: new pages,
+# now and then (a brk of a few MiB in about one step of ten, seen with strace: new pages,
 # faulted once and kept), while glibc's default refaults the step's buffers on every step.
 STEPS = """
 import resource, statistics, sys, torch
-from lightning_sota.host_memory import reuse_freed_host_memory
+from lightning_sota.cpu.host_memory import reuse_freed_host_memory
 from lightning_sota.models import create_model
 if sys.argv[1] == "reuse":
     assert reuse_freed_host_memory()

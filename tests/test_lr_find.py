@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from fastai.callback.schedule import valley as fastai_valley
 from PIL import Image
 
 from lightning_sota.lr_find import trimmed, valley
 
-from .conftest import MINI, ROOT
+from .conftest import MINI, results, run_train
 
 
 def curves() -> list[tuple[list[float], list[float]]]:
@@ -28,6 +25,7 @@ def curves() -> list[tuple[list[float], list[float]]]:
 
 @pytest.mark.parametrize("lrs, losses", curves())
 def test_valley_is_fastais(lrs, losses):
+    fastai_valley = pytest.importorskip("fastai.callback.schedule").valley  # the bench extra
     want, _ = fastai_valley(lrs, losses, 100)
     assert lrs[valley(lrs, losses)] == want
 
@@ -45,11 +43,11 @@ def test_lr_find_then_the_same_fit(trained_run, tmp_path):
     """lr_find=true: the suggestion in results.json and lr_find.png, then the fit the run has
     without it (the search's steps are undone and its RNG draws forked)."""
     run = tmp_path / "run"
-    cmd = [sys.executable, "train.py", "+experiment=sota", "scale=smoke", f"data.root={MINI}", "lr_find=true"]
     cache = f"data.cache_dir={trained_run.parent / 'cache'}"
-    proc = subprocess.run([*cmd, cache, f"hydra.run.dir={run}"], cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res, plain = (json.loads((r / "results.json").read_text()) for r in (run, trained_run))
+    run_train(
+        "+experiment=sota", "scale=smoke", f"data.root={MINI}", "lr_find=true", cache, f"hydra.run.dir={run}"
+    )
+    res, plain = results(run), results(trained_run)
     found = res["lr_find"]
     assert found["method"] == "valley" and 1e-6 < found["suggestion"] < 1
     # fastai's 100 steps, or fewer where the loss diverges at the top of the range (smoothed loss

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,10 +10,12 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 
-from lightning_sota.checks import ConfigError, check_config
-from lightning_sota.train import build, resumed_config
+from lightning_sota.build import build_run
+from lightning_sota.checks import check_config
+from lightning_sota.errors import ConfigError
+from lightning_sota.resume import resumed_config
 
-from .conftest import MINI, ROOT, config
+from .conftest import MINI, config, run_train
 from .test_schedule import one_cycle_lr
 
 
@@ -37,17 +37,7 @@ def smoke(tmp_path: Path, *overrides: str):
 @pytest.mark.slow
 def test_accumulate_grad_batches_keeps_the_whole_one_cycle(tmp_path):
     run = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        "train.py",
-        "scale=smoke",
-        f"data.root={MINI}",
-        f"data.cache_dir={tmp_path / 'cache'}",
-        f"hydra.run.dir={run}",
-        "+trainer.accumulate_grad_batches=2",
-    ]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_train("scale=smoke", f"data.root={MINI}", "+trainer.accumulate_grad_batches=2", tmp=tmp_path)
     # 15 batches an epoch, an optimizer step every 2 and on the last: 8 steps an epoch, 16 in all.
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 16 == ckpt["lr_schedulers"][0]["last_epoch"]
@@ -75,7 +65,7 @@ class GradNorms(pl.Callback):
 
 
 def fit_with_probe(tmp_path: Path, *overrides: str) -> tuple[pl.Trainer, GradNorms]:
-    run = build(smoke(tmp_path, "scale.epochs=1", *overrides), tmp_path / "run")
+    run = build_run(smoke(tmp_path, "scale.epochs=1", *overrides), tmp_path / "run")
     probe = GradNorms()
     run.trainer.callbacks.append(probe)
     run.trainer.fit(run.module, datamodule=run.data)
@@ -162,17 +152,17 @@ def test_ddp_devices_and_nodes_checked_against_the_machine(monkeypatch):
 
 def test_resume_keeps_the_runs_config_and_refuses_plan_changes(tmp_path):
     original = ["+experiment=sota", "scale=smoke", f"logger.csv.save_dir={tmp_path}"]
-    saved = {**resolved(config(*original)), "resume": None}
+    saved = OmegaConf.create({**resolved(config(*original)), "resume": None})
     resume = f"resume={tmp_path}"
 
     # resume= alone, or with the run's own command repeated: the saved config, as it was.
     alone = resumed_config(config(resume, f"logger.csv.save_dir={tmp_path}"), saved, [resume])
-    assert resolved(alone) == saved
+    assert resolved(alone) == resolved(saved)
     again = resumed_config(config(*original, resume), saved, [*original, resume])
-    assert resolved(again) == saved
+    assert resolved(again) == resolved(saved)
     # Moving the data is allowed and taken.
     moved = resumed_config(config(resume, "data.root=/elsewhere"), saved, [resume, "data.root=/elsewhere"])
-    assert moved.data.root == "/elsewhere" and moved.scale.lr == saved["scale"]["lr"]
+    assert moved.data.root == "/elsewhere" and moved.scale.lr == saved.scale.lr
     # Changing what is trained is refused, naming the key that was typed.
     with pytest.raises(ConfigError, match=r"would change the run's config \(scale.lr: 0.008 -> 0.1"):
         resumed_config(config(*original, resume, "scale.lr=0.1"), saved, [*original, resume, "scale.lr=0.1"])
@@ -183,18 +173,9 @@ def test_resume_keeps_the_runs_config_and_refuses_plan_changes(tmp_path):
 def test_cli_refuses_a_plan_option_in_one_line_before_any_data(tmp_path):
     for option, message in [
         ("+trainer.max_epochs=3", "error: trainer.max_epochs is not supported: epochs come from the phases"),
-        ("+trainer.no_such_flag=1", "error: trainer: Trainer.__init__() got an unexpected keyword argument"),
+        ("+trainer.no_such_flag=1", "error: trainer: "),
     ]:
-        cmd = [
-            sys.executable,
-            "train.py",
-            "scale=smoke",
-            f"data.root={tmp_path / 'nowhere'}",
-            f"data.cache_dir={tmp_path / 'cache'}",
-            f"hydra.run.dir={tmp_path / 'run'}",
-            option,
-        ]
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        proc = run_train("scale=smoke", f"data.root={tmp_path / 'nowhere'}", option, tmp=tmp_path, ok=False)
         assert proc.returncode == 2, proc.stderr[-2000:]
         assert proc.stderr.strip().splitlines()[-1].startswith(message)
         assert "Traceback" not in proc.stderr
@@ -202,13 +183,7 @@ def test_cli_refuses_a_plan_option_in_one_line_before_any_data(tmp_path):
 
 
 def test_cli_resume_of_a_mistyped_folder_leaves_nothing(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), "resume=outputs/runs/sota/typo"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_train("resume=outputs/runs/sota/typo", cwd=tmp_path, ok=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (
         "error: resume=outputs/runs/sota/typo: no checkpoints/last.ckpt there, nothing to resume; "
@@ -232,7 +207,7 @@ def test_weight_averaging_ema_validates_and_saves_the_average(tmp_path):
     """weight_averaging=ema: the checkpoint (what predict and a resume load) holds the EMA,
     computed here by hand from the weights after each step: the first step's, then
     avg = decay * avg + (1 - decay) * w; the trained weights are kept apart."""
-    run = build(
+    run = build_run(
         smoke(tmp_path, "scale.epochs=1", "weight_averaging=ema", "weight_averaging.multi_avg_fn.decay=0.8"),
         tmp_path,
     )

@@ -4,8 +4,6 @@ agreeing image by image with the run's own scoring of its val split."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +13,13 @@ from PIL import Image
 
 from lightning_sota.augment import BatchAugment
 from lightning_sota.cache import build_cache, upright_size
-from lightning_sota.checkpoint import restore, scoring_data, scoring_trainer
+from lightning_sota.checkpoint import restore, scoring_data
 from lightning_sota.data import scan_split
-from lightning_sota.evaluate import EVAL_FREE, evaluate
+from lightning_sota.evaluate import evaluate
 from lightning_sota.interpret import predictions
 from lightning_sota.predict import ImageFiles, cache_batch
 
-from .conftest import COLOURS, ROOT, write_image
+from .conftest import COLOURS, run_cli, write_image
 
 
 def quadrants(w: int, h: int) -> Image.Image:
@@ -100,16 +98,14 @@ def test_batched_predict_agrees_with_evaluate_image_by_image(trained_run, mini):
     bf16 is the run's own precision); the bf16 path is held to bf16's tolerance instead."""
     fp32 = "trainer.precision=32-true"
     cache = f"data.cache_dir={trained_run.parent / 'cache'}"
-    run = restore(trained_run, [cache, fp32], EVAL_FREE)
-    logits, _, index = predictions(run.module, scoring_data(run), scoring_trainer(run.config))
+    run = restore(trained_run, "evaluate", [cache, fp32])
+    logits, _, index = predictions(run.module, scoring_data(run), run.trainer)
     want = logits[index.argsort()].softmax(1)  # in file order, as predict's lines
     _, files, labels = scan_split(mini / "val")
 
     def predict(precision: str) -> list[dict]:
-        cmd = [sys.executable, "-m", "lightning_sota.predict", "--batch-size=48"]
-        cmd += [f"--precision={precision}", str(trained_run), str(mini / "val")]
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        flags = ["--batch-size=48", f"--precision={precision}"]
+        proc = run_cli("python", "-m", "lightning_sota.predict", *flags, trained_run, mini / "val")
         assert "predicted 200 images in" in proc.stderr and "images/s" in proc.stderr
         lines = [json.loads(line) for line in proc.stdout.splitlines()]
         assert [Path(x["path"]).name for x in lines] == [f.name for f in files]

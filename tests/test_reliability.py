@@ -9,7 +9,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -21,20 +20,16 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from lightning_sota import acquire
-from lightning_sota.acquire import DataError, resolve_root
-from lightning_sota.checks import ConfigError
+from lightning_sota.acquire import resolve_root
 from lightning_sota.data import ImagenetteDataModule, ShardedBatches, scan_split
+from lightning_sota.errors import ConfigError, DataError
 from lightning_sota.predict import Predictor
 
-from .conftest import ROOT, config, make_folder
+from .conftest import config, make_folder, run_cli, run_train, train_command
 from .test_acquire import make_tgz
 
 PROGRESSIVE = ["+experiment=progressive_resize", "scale=smoke", "scale.progressive.1.epochs=4"]
 DDP_SMOKE = ["+experiment=normalize", "scale=smoke", "trainer=ddp_cpu"]  # 2 processes, global batch 32
-
-
-def train_cmd(run_dir: Path, cache: Path, *overrides: str) -> list[str]:
-    return [sys.executable, "train.py", f"hydra.run.dir={run_dir}", f"data.cache_dir={cache}", *overrides]
 
 
 @pytest.fixture(scope="module")
@@ -45,17 +40,15 @@ def reference(
     from .conftest import MINI
 
     tmp = tmp_path_factory.mktemp("reference")
-    cmd = train_cmd(tmp / "run", tmp / "cache", *PROGRESSIVE, f"data.root={MINI}")
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_train(*PROGRESSIVE, f"data.root={MINI}", tmp=tmp)
     return tmp / "run"
 
 
 @pytest.mark.slow
 def test_sigkill_in_second_phase_then_resume_matches(reference, tmp_path, mini):
     run = tmp_path / "run"
-    cmd = train_cmd(run, tmp_path / "cache", *PROGRESSIVE, f"data.root={mini}")
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = train_command(*PROGRESSIVE, f"data.root={mini}", tmp=tmp_path)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = run / "checkpoints" / "last.ckpt"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -69,10 +62,7 @@ def test_sigkill_in_second_phase_then_resume_matches(reference, tmp_path, mini):
     killed_at = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert 1 <= killed_at["epoch"] < 4 and not (run / "results.json").exists()
 
-    resumed = subprocess.run(
-        [sys.executable, "train.py", f"resume={run}"], cwd=ROOT, capture_output=True, text=True, timeout=600
-    )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    run_train(f"resume={run}")
     got = json.loads((run / "results.json").read_text())
     want = json.loads((reference / "results.json").read_text())
     assert got["phases"] == want["phases"] and got["epochs"] == 5
@@ -120,20 +110,8 @@ def test_checkpoint_is_self_describing_and_predict_cli(reference, tmp_path, mini
     (images / "broken.jpg").write_bytes(b"not a jpeg")
     (images / "notes.txt").write_text("ignored")
     for extra in ([], ["--tta"]):
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "lightning_sota.predict",
-                str(reference / "checkpoints" / "last.ckpt"),
-                str(images),
-                *extra,
-            ],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        ckpt = reference / "checkpoints" / "last.ckpt"
+        proc = run_cli("python", "-m", "lightning_sota.predict", ckpt, images, *extra, ok=False)
         assert proc.returncode == 1  # one file was unreadable
         lines = [json.loads(line) for line in proc.stdout.splitlines()]
         assert [Path(x["path"]).name for x in lines] == ["a.JPEG", "b.JPEG"]
@@ -147,15 +125,14 @@ def test_checkpoint_is_self_describing_and_predict_cli(reference, tmp_path, mini
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, mini):
     run = tmp_path / "run"
     # The small phase trains normally and is checkpointed; fine-tuning at an absurd lr diverges.
-    cmd = train_cmd(
-        run,
-        tmp_path / "cache",
+    cmd = train_command(
         *PROGRESSIVE,
         f"data.root={mini}",
         "schedule.fine_tune_lr=1e9",
         "trainer.precision=32",
+        tmp=tmp_path,
     )
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = run_cli(*cmd, ok=None, timeout=300)
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: loss is ") and " at epoch 1, step " in last and "lower optim.lr" in last
@@ -246,17 +223,16 @@ def test_cut_off_download_is_removed_and_a_retry_works(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_ddp_cpu_two_processes(tmp_path, mini):
     run = tmp_path / "run"
-    cmd = train_cmd(
-        run,
-        tmp_path / "cache",
+    cmd = train_command(
         *DDP_SMOKE,
         f"data.root={mini}",
         "trainer.precision=32",  # so one process below can reproduce the validation exactly
         "tta=fastai",
         "+callbacks.draws._target_=tests.ddp_hooks.RecordDraws",
         f"+callbacks.draws.out={tmp_path}",
+        tmp=tmp_path,
     )
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = run_cli(*cmd, ok=None, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((run / "results.json").read_text())
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
@@ -320,11 +296,12 @@ def test_nan_on_an_epochs_last_step_is_caught_before_its_checkpoint(tmp_path, mi
     checkpoint, naming the step it happened at, and leave epoch 0's checkpoint and no results."""
     run = tmp_path / "run"
     poison = "+callbacks.poison._target_=tests.ddp_hooks.PoisonOneRank"
-    cmd = train_cmd(
-        run, tmp_path / "cache", "+experiment=normalize", "scale=smoke", f"data.root={mini}",
+    cmd = train_command(
+        "+experiment=normalize", "scale=smoke", f"data.root={mini}",
         poison, "+callbacks.poison.rank=0", "+callbacks.poison.epoch=1", "+callbacks.poison.batch=14",
+        tmp=tmp_path,
     )  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = run_cli(*cmd, ok=None, timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: loss is nan at epoch 1, step 29: training stopped"), last  # 15 a epoch
@@ -339,15 +316,14 @@ def test_nan_on_one_ddp_rank_stops_every_rank_then_resumes_on_one_device(tmp_pat
     one-line error (not block in the gradient all-reduce), keeping epoch 0's checkpoint; the run
     then resumes on one device: batch sizes are global, so its steps and schedule are the same."""
     run = tmp_path / "run"
-    cmd = train_cmd(
-        run,
-        tmp_path / "cache",
+    cmd = train_command(
         *DDP_SMOKE,
         f"data.root={mini}",
         "+callbacks.poison._target_=tests.ddp_hooks.PoisonOneRank",
+        tmp=tmp_path,
     )
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = run_cli(*cmd, ok=None, timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]
     # Each rank prints its one line (rank 1 runs as a child on the same stderr), no traceback.
     errors = sorted(line for line in proc.stderr.splitlines() if line.startswith("error: "))
@@ -358,11 +334,7 @@ def test_nan_on_one_ddp_rank_stops_every_rank_then_resumes_on_one_device(tmp_pat
     killed_at = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert killed_at["epoch"] == 0 and killed_at["global_step"] == 15
 
-    resumed = subprocess.run(
-        [sys.executable, "train.py", f"resume={run}", "trainer.devices=1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    run_train(f"resume={run}", "trainer.devices=1")
     res = json.loads((run / "results.json").read_text())
     final = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert res["world_size"] == 1 and final["global_step"] == 2 * (500 // 32)

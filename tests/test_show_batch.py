@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from lightning_sota import show_batch
+from lightning_sota.build import build_module
 from lightning_sota.show_batch import ShowBatch, save_grid
-from lightning_sota.train import build_module
 
-from .conftest import ROOT, config
+from .conftest import config, run_cli
 
 
 def test_grid_gives_each_image_its_own_panel(tmp_path):
@@ -23,7 +20,7 @@ def test_grid_gives_each_image_its_own_panel(tmp_path):
     images = colours[:, :, None, None].expand(9, 3, 16, 16)
     classes = [f"class {i}" for i in range(9)]
     path = save_grid(images, classes, tmp_path / "grid.png", "title")
-    assert not (tmp_path / "grid.png.part").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]  # no temporary left
     picture = np.asarray(Image.open(path).convert("RGB")).astype(float) / 255
     assert picture.shape[2] == 3 and min(picture.shape[:2]) > 300
     for colour in colours.numpy():  # each colour fills a panel: many pixels within a grey level
@@ -56,7 +53,7 @@ def test_callback_draws_exactly_what_the_first_step_trains_on(tmp_path, monkeypa
     }
     drawn = {}
     monkeypatch.setattr(show_batch, "save_grid", lambda images, *a, **k: drawn.setdefault("x", images))
-    module = build_module(config("scale=smoke", "seed=3", "~logger"), ["a", "b"])
+    module = build_module(config("scale=smoke", "seed=3", "~logger"), ["a", "b"], torch.device("cpu"))
     ShowBatch(tmp_path / "show_batch.png").on_train_batch_start(Trainer(), module, batch, 0)
     module.on_train_batch_start(batch, 0)  # then the step: its hook seeds, its augment draws
     step_view = module.augment(batch, train=True)
@@ -72,17 +69,11 @@ def test_command_draws_a_config_without_training(tmp_path, mini):
     """The training view with --out (test_readme.py runs the README's --valid command)."""
     common = [f"data.root={mini}", f"data.cache_dir={tmp_path / 'cache'}"]
     out = tmp_path / "batch.png"
-    proc = subprocess.run(
-        [sys.executable, "-m", "lightning_sota.show_batch", "+experiment=sota", "scale=smoke", *common,
-         "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = run_cli(
+        "python", "-m", "lightning_sota.show_batch", "+experiment=sota", "scale=smoke", *common, "--out", out
+    )
     assert proc.stdout.strip() == str(out)
     with Image.open(out) as img:
         assert img.format == "PNG" and min(img.size) > 300
-    proc = subprocess.run(
-        [sys.executable, "-m", "lightning_sota.show_batch", "scale=smol", *common],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    proc = run_cli("python", "-m", "lightning_sota.show_batch", "scale=smol", *common, ok=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "scale/smol" in proc.stderr

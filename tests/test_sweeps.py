@@ -3,28 +3,19 @@ in test_readme.py)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from .conftest import ROOT
-
-
-def run(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
+from .conftest import run_train
 
 
 def smoke_multirun(tmp_path: Path, mini: Path, *overrides: str) -> Path:
     """A one-epoch smoke multirun on the mini split; returns its sweep folder."""
     sweep = tmp_path / "sweep"
     cache = tmp_path / "cache"
-    run(
-        "train.py",
+    run_train(
         "-m",
         *overrides,
         "scale=smoke",
@@ -32,6 +23,7 @@ def smoke_multirun(tmp_path: Path, mini: Path, *overrides: str) -> Path:
         f"data.root={mini}",
         f"data.cache_dir={cache}",
         f"hydra.sweep.dir={sweep}",
+        timeout=900,
     )
     return sweep
 

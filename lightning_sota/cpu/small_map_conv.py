@@ -5,24 +5,16 @@ On a 2x2 map a padded 3x3 window around any position covers every position, so t
 16 products of (batch x C) by (C x O). oneDNN's convolution multiplies all 9 taps at each of the 4
 positions (36, 20 of them against the zero padding) and its backward is slow at this shape. The
 same holds for the stride-2 convolution that enters the stage (4x4 or 3x3 in, 2x2 out: 36 or 25
-pairs). xresnet's last stage is on 2x2 maps at 48-64 px, the quick scale's sizes; there, on a
-2-core AMD EPYC, forward and backward at batch 64 under bf16 autocast take (four runs of
-benchmarks/small_map_conv.py, which prints these and the error ratios below)
-512->512 2x2:               9.0-10.3 ms against oneDNN's 17.3-20.5 (fp32: 14.6-18.7 against 24.4-29.6)
-256->512 stride 2 from 4x4: 8.3-11.7 ms against 11.4-16.0 (from 3x3: 5.9-9.1 against 9.8-15.8)
-and xresnet18's bf16 step at 64 px goes from 252 to 220 ms (benchmarks/throughput.py's "w/o
-pairs" column). One GEMM per tap for the forward and the input's gradient, the pairs gathered by
-index (9 instead of 16), measured slower (a timing loop not kept in the project): the gathers
-cost more than the GEMMs saved.
-Written by hand because no library has it: torch routes every 3x3 convolution to oneDNN on a CPU.
+pairs). xresnet's last stage is on 2x2 maps at 48-64 px, the quick scale's sizes. Written by hand
+because no library has it: torch routes every 3x3 convolution to oneDNN on a CPU. One GEMM per tap
+(the pairs gathered by index) and one dense GEMM per pass were both measured slower than the pairs;
+``benchmarks/small_map_conv.py`` times it against oneDNN (figures: benchmarks/RESULTS.md).
 
 Numerics: each product is rounded to the input dtype by the GEMM, and the sums over positions add
 up in fp32 (fp64 for fp64) and round once. Under bf16 that is a few roundings where oneDNN rounds
-once: the mean error against an fp64 convolution is 1.57-1.58x oneDNN's for the output and
-1.29-1.56x for the input's gradient (tests/test_small_map_conv.py bounds both at 1.75x), a bf16
-rounding of an fp32 sum either way. One dense GEMM per pass (the convolution as a
-[H*W*C, 2*2*O] matrix) rounds once but measured 1.4-3x slower than the pairs (the same loop).
-The weight's gradient is one GEMM per tap over every pair that uses it, rounded once: 1.00x.
+once, a bf16 rounding of an fp32 sum either way; tests/test_small_map_conv.py bounds the mean
+error against an fp64 convolution at 1.75x oneDNN's own for the output and the input's gradient.
+The weight's gradient is one GEMM per tap over every pair that uses it, rounded once.
 """
 
 from __future__ import annotations
@@ -141,8 +133,8 @@ def eligible(m: nn.Module) -> bool:
 
 
 def use_small_map_gemm(model: nn.Module) -> int:
-    """Turns every plain 3x3 convolution at stride 1 or 2 of ``model`` into a SmallMapConv2d in place (the
-    class only: parameters, hooks and state_dict stay); returns how many."""
+    """Turns every plain 3x3 convolution at stride 1 or 2 of ``model`` into a SmallMapConv2d in
+    place (the class only: parameters, hooks and state_dict stay); returns how many."""
     convs = [m for m in model.modules() if eligible(m)]
     for m in convs:
         m.__class__ = SmallMapConv2d

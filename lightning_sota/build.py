@@ -1,0 +1,101 @@
+"""Every part of a run, built from its composed config with Hydra's ``instantiate``: for
+training (``build_run``) and, through ``build_module``, for every command that rebuilds a trained
+run from its checkpoint (checkpoint.py) or measures it (benchmarks/)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.plugins.io import AsyncCheckpointIO
+
+from .callbacks import History, ProgressiveResize
+from .checks import check_batch_split
+from .cpu import CpuTuning
+from .data import ImagenetteDataModule
+from .errors import ConfigError
+from .loggers import log_config
+from .module import ImageClassifier
+from .show_batch import ShowBatch
+from .tta import TestTimeAugmentation
+
+
+def build_module(cfg: DictConfig, classes: list[str], device: torch.device) -> ImageClassifier:
+    """The LightningModule of a config (a run's, or one saved in a checkpoint), its model tuned
+    for ``device``: ``module.cpu_tuning`` records which CPU speed-ups it got (conf/cpu/)."""
+    model = instantiate(cfg.model, num_classes=len(classes))
+    tuning: CpuTuning = instantiate(cfg.cpu)(device)
+    module = ImageClassifier(
+        model=model,
+        augment=instantiate(cfg.augment),
+        normalize=instantiate(cfg.normalize),
+        mix=instantiate(cfg.mix) if cfg.mix else None,
+        loss=instantiate(cfg.loss),
+        optimizer=instantiate(cfg.optim),
+        schedule=instantiate(cfg.schedule),
+        num_classes=len(classes),
+        channels_last=cfg.model.channels_last,
+        classes=classes,
+        config=OmegaConf.to_container(cfg, resolve=True),
+        seed=cfg.seed,
+    )
+    module.cpu_tuning = tuning.apply(model)
+    return module
+
+
+@dataclass
+class Run:
+    """The parts of one training run."""
+
+    data: ImagenetteDataModule
+    module: ImageClassifier
+    trainer: pl.Trainer
+    history: History
+    tta: TestTimeAugmentation | None
+
+
+def build_run(cfg: DictConfig, run_dir: Path) -> Run:
+    """Every part of a run. The Trainer comes first: Lightning validates its options (devices,
+    strategy, precision, ...) in its constructor, so a bad one is refused before any data is read;
+    the module comes last, built for the Trainer's device."""
+    pl.seed_everything(cfg.seed, workers=True)
+    data: ImagenetteDataModule = instantiate(cfg.data)
+    history = History()
+    tta: TestTimeAugmentation | None = instantiate(cfg.tta) if cfg.tta else None
+    callbacks = [
+        history,
+        ProgressiveResize(),
+        LearningRateMonitor(logging_interval="step"),
+        # One file, checkpoints/last.ckpt, replaced (atomically, by Lightning) at every epoch end.
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False),
+        ShowBatch(run_dir / "show_batch.png"),
+        *([tta] if tta else []),
+        *([instantiate(cfg.weight_averaging)] if cfg.get("weight_averaging") else []),
+        *(instantiate(c) for c in cfg.get("callbacks", {}).values()),
+    ]
+    loggers = [instantiate(c) for c in cfg.logger.values()]
+    log_config(loggers, cfg)
+    try:
+        trainer: pl.Trainer = instantiate(
+            cfg.trainer,
+            max_epochs=data.epochs,
+            callbacks=callbacks,
+            logger=loggers,
+            default_root_dir=str(run_dir),
+            reload_dataloaders_every_n_epochs=1,
+            num_sanity_val_steps=0,
+            # Checkpoints are snapshotted, then written by a thread: the loop never waits on the disk.
+            plugins=[AsyncCheckpointIO()],
+        )
+    except InstantiationException as err:  # Lightning's own refusal, or an unknown trainer.<key>
+        raise ConfigError(f"trainer: {err.__cause__ or err}") from err
+    check_batch_split([p.batch_size for p in data.phases], trainer.world_size)
+    data.setup("fit")  # acquire and build the presize caches now: reported apart from the fit
+    module = build_module(cfg, data.classes, trainer.strategy.root_device)
+    return Run(data, module, trainer, history, tta)
