@@ -1,5 +1,7 @@
 # Everything installs into .venv; each target sets it up first, so a fresh clone needs only `make test`.
-PYTHON ?= python3.11
+# The venv's Python: python3.11 where it really runs (a version manager's shim may exist and fail),
+# else python3 (3.10 or newer); PYTHON=... picks another.
+PYTHON ?= $(shell python3.11 -c '' 2>/dev/null && echo python3.11 || echo python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -13,7 +15,8 @@ PIP_INSTALL := $(PY) -m pip install --quiet -c $(CONSTRAINTS)
 install: $(STAMP)
 
 # Re-install only when the dependency list or the resolved set changes.
-$(STAMP): pyproject.toml $(CONSTRAINTS)
+$(STAMP): pyproject.toml setup.py $(CONSTRAINTS)
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { echo "make: $(PYTHON) is older than Python 3.10: set PYTHON=python3.X"; exit 2; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PIP_INSTALL) -e '.[dev]'
@@ -97,8 +100,8 @@ lock:
 	$(MAKE) test
 
 lint: install
-	$(PY) -m ruff check lightning_sota tests benchmarks train.py
-	$(PY) -m ruff format --check lightning_sota tests benchmarks train.py
+	$(PY) -m ruff check lightning_sota tests benchmarks train.py setup.py
+	$(PY) -m ruff format --check lightning_sota tests benchmarks train.py setup.py
 
 clean:
 	rm -rf $(VENV) $(LOCK_VENV) .pytest_cache
