@@ -93,13 +93,13 @@ def syncs_per_step(root: Path, cache: Path, size: int, bs: int, steps: int) -> d
         return {"skipped": "no CUDA"}
     from hydra.utils import instantiate
 
-    from lightning_sota.build import build_module
+    from lightning_sota.build import build_module, cpu_tuning
     from lightning_sota.config import compose_config
 
     cfg = compose_config(["+experiment=sota", f"scale.size={size}", f"scale.batch_size={bs}", "~logger"])
     data = ImagenetteDataModule(root, [{"size": size, "batch_size": bs, "epochs": 1}], cache_dir=cache)
     data.setup("fit")
-    module = build_module(cfg, data.classes, torch.device("cuda")).cuda()
+    module = build_module(cfg, data.classes, cpu_tuning(cfg, torch.device("cuda"))).cuda()
     module.log = lambda *args, **kwargs: None  # self.log needs Lightning's loop; the step is the same
     trainer = instantiate(cfg.trainer, accelerator="gpu", devices=1, logger=False, max_epochs=1)
     module.trainer = trainer  # the hooks read rank and epoch from it

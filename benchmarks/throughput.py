@@ -23,7 +23,7 @@ import time
 import torch
 from hydra.utils import instantiate
 
-from lightning_sota.build import build_module
+from lightning_sota.build import build_module, cpu_tuning
 from lightning_sota.config import compose_config
 from lightning_sota.data import ImagenetteDataModule
 from lightning_sota.module import ImageClassifier
@@ -51,7 +51,7 @@ def pipeline(
     data: ImagenetteDataModule = instantiate(cfg.data)
     data.gather_device = device
     data.setup("fit")
-    return data, build_module(cfg, data.classes, device).to(device)
+    return data, build_module(cfg, data.classes, cpu_tuning(cfg, device)).to(device)
 
 
 def to_device(batch: dict, device: torch.device) -> dict:

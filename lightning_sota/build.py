@@ -26,11 +26,16 @@ from .show_batch import ShowBatch
 from .tta import TestTimeAugmentation
 
 
-def build_module(cfg: DictConfig, classes: list[str], device: torch.device) -> ImageClassifier:
-    """The LightningModule of a config (a run's, or one saved in a checkpoint), its model tuned
-    for ``device``: ``module.cpu_tuning`` records which CPU speed-ups it got (conf/cpu/)."""
+def cpu_tuning(cfg: DictConfig, device: torch.device) -> CpuTuning:
+    """Which of conf/cpu's speed-ups a run of ``cfg`` on ``device`` gets; one asked for where it
+    cannot run is refused here."""
+    return instantiate(cfg.cpu)(device)
+
+
+def build_module(cfg: DictConfig, classes: list[str], tuning: CpuTuning) -> ImageClassifier:
+    """The LightningModule of a config (a run's, or one saved in a checkpoint), its model and
+    this process tuned by ``tuning``, which ``module.cpu_tuning`` records."""
     model = instantiate(cfg.model, num_classes=len(classes))
-    tuning: CpuTuning = instantiate(cfg.cpu)(device)
     module = ImageClassifier(
         model=model,
         augment=instantiate(cfg.augment),
@@ -63,7 +68,7 @@ class Run:
 def build_run(cfg: DictConfig, run_dir: Path) -> Run:
     """Every part of a run. The Trainer comes first: Lightning validates its options (devices,
     strategy, precision, ...) in its constructor, so a bad one is refused before any data is read;
-    the module comes last, built for the Trainer's device."""
+    the module comes last, tuned for the Trainer's device."""
     pl.seed_everything(cfg.seed, workers=True)
     data: ImagenetteDataModule = instantiate(cfg.data)
     history = History()
@@ -96,6 +101,6 @@ def build_run(cfg: DictConfig, run_dir: Path) -> Run:
     except InstantiationException as err:  # Lightning's own refusal, or an unknown trainer.<key>
         raise ConfigError(f"trainer: {err.__cause__ or err}") from err
     check_batch_split([p.batch_size for p in data.phases], trainer.world_size)
+    tuning = cpu_tuning(cfg, trainer.strategy.root_device)  # refused here, before any data
     data.setup("fit")  # acquire and build the presize caches now: reported apart from the fit
-    module = build_module(cfg, data.classes, trainer.strategy.root_device)
-    return Run(data, module, trainer, history, tta)
+    return Run(data, build_module(cfg, data.classes, tuning), trainer, history, tta)

@@ -18,7 +18,6 @@ class Stage:
     itself, or something written inside it, such as an archive's single top folder)."""
 
     def __init__(self, final: Path) -> None:
-        self.final = final
         self.path = final.with_name(f".{final.name}.tmp-{socket.gethostname()}-{os.getpid()}")
         self.source = self.path
 
@@ -45,10 +44,6 @@ def staged(final: str | Path) -> Iterator[Stage]:
             stage.path.unlink(missing_ok=True)
 
 
-def write_text(path: str | Path, text: str) -> None:
-    with staged(path) as stage:
-        stage.path.write_text(text)
-
-
 def write_json(path: str | Path, data: Any) -> None:
-    write_text(path, json.dumps(data, indent=2) + "\n")
+    with staged(path) as stage:
+        stage.path.write_text(json.dumps(data, indent=2) + "\n")

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from lightning_sota.build import build_module
+from lightning_sota.build import build_module, cpu_tuning
+from lightning_sota.checkpoint import keep_plan, saved_config
 from lightning_sota.checks import check_config
 from lightning_sota.cpu import CpuTuning
 from lightning_sota.cpu.small_map_conv import SmallMapConv2d
@@ -18,7 +20,8 @@ CLASSES = [str(i) for i in range(10)]
 
 
 def module_for(device: str, *overrides: str):
-    return build_module(config("scale=smoke", "~logger", *overrides), CLASSES, torch.device(device))
+    cfg = config("scale=smoke", "~logger", *overrides)
+    return build_module(cfg, CLASSES, cpu_tuning(cfg, torch.device(device)))
 
 
 def small_map_convs(module) -> int:
@@ -53,3 +56,27 @@ def test_the_cpu_run_only_switches_reach_the_model_from_the_config():
     assert small_map_convs(module_for("cpu", "cpu.small_map_gemm=false")) == 0
     with pytest.raises(ConfigError, match="cpu.small_map_gemm=true: the run is on cuda"):
         module_for("cuda", "cpu.small_map_gemm=true")
+
+
+def test_a_checkpoint_from_before_cpu_tuning_reads_back_with_auto():
+    """Earlier checkpoints kept the switch in the model's config and had no cpu group."""
+    old = OmegaConf.to_container(config("scale=smoke", "~logger"), resolve=True)
+    del old["cpu"]
+    old["model"]["small_map_gemm"] = True
+    cfg = saved_config({"lightning_sota": {"config": old}})
+    assert "small_map_gemm" not in cfg.model
+    assert small_map_convs(build_module(cfg, CLASSES, cpu_tuning(cfg, torch.device("cpu")))) == 19
+
+
+def test_a_command_on_a_checkpoint_takes_a_switch_not_a_group():
+    """evaluate's `cpu=off` is key=value, read as cpu: false: it would have replaced the group and
+    been ignored; it is refused, and `cpu.small_map_gemm=false` is taken."""
+    saved = OmegaConf.create(OmegaConf.to_container(config("scale=smoke", "~logger"), resolve=True))
+
+    def evaluate_with(override: str):
+        proposed = OmegaConf.merge(saved, OmegaConf.from_dotlist([override]))
+        return keep_plan(saved, proposed, [override.split("=")[0]], "evaluate", "fix")
+
+    with pytest.raises(ConfigError, match=r"^cpu= is a group of settings: give its keys one by one"):
+        evaluate_with("cpu=off")
+    assert evaluate_with("cpu.small_map_gemm=false").cpu.small_map_gemm is False

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from lightning_sota import show_batch
-from lightning_sota.build import build_module
+from lightning_sota.build import build_module, cpu_tuning
 from lightning_sota.show_batch import ShowBatch, save_grid
 
 from .conftest import config, run_cli
@@ -53,7 +53,8 @@ def test_callback_draws_exactly_what_the_first_step_trains_on(tmp_path, monkeypa
     }
     drawn = {}
     monkeypatch.setattr(show_batch, "save_grid", lambda images, *a, **k: drawn.setdefault("x", images))
-    module = build_module(config("scale=smoke", "seed=3", "~logger"), ["a", "b"], torch.device("cpu"))
+    cfg = config("scale=smoke", "seed=3", "~logger")
+    module = build_module(cfg, ["a", "b"], cpu_tuning(cfg, torch.device("cpu")))
     ShowBatch(tmp_path / "show_batch.png").on_train_batch_start(Trainer(), module, batch, 0)
     module.on_train_batch_start(batch, 0)  # then the step: its hook seeds, its augment draws
     step_view = module.augment(batch, train=True)
