@@ -49,8 +49,8 @@ def pipeline(
     # ~logger: its paths are a Hydra run's, and nothing is logged here
     cfg = compose_config([f"data.root={root}", "data.download=false", "~logger", *where, *phase, *overrides])
     data: ImagenetteDataModule = instantiate(cfg.data)
-    data.gather_device = device
     data.setup("fit")
+    data.place(device, upload=True)
     return data, build_module(cfg, data.classes, cpu_tuning(cfg, device)).to(device)
 
 

@@ -4,6 +4,7 @@ run from its checkpoint (checkpoint.py) or measures it (benchmarks/)."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,14 +17,17 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.plugins.io import AsyncCheckpointIO
 
 from .callbacks import History, ProgressiveResize
-from .checks import check_batch_split
+from .checks import check_batch_split, unsynced_batch_norm
 from .cpu import CpuTuning
 from .data import ImagenetteDataModule
 from .errors import ConfigError
+from .interpret import Interpretation
 from .loggers import log_config
 from .module import ImageClassifier
 from .show_batch import ShowBatch
 from .tta import TestTimeAugmentation
+
+log = logging.getLogger(__name__)
 
 
 def cpu_tuning(cfg: DictConfig, device: torch.device) -> CpuTuning:
@@ -63,6 +67,7 @@ class Run:
     trainer: pl.Trainer
     history: History
     tta: TestTimeAugmentation | None
+    interpretation: Interpretation
 
 
 def build_run(cfg: DictConfig, run_dir: Path) -> Run:
@@ -72,6 +77,7 @@ def build_run(cfg: DictConfig, run_dir: Path) -> Run:
     pl.seed_everything(cfg.seed, workers=True)
     data: ImagenetteDataModule = instantiate(cfg.data)
     history = History()
+    interpretation = Interpretation(history, run_dir)
     tta: TestTimeAugmentation | None = instantiate(cfg.tta) if cfg.tta else None
     callbacks = [
         history,
@@ -83,6 +89,7 @@ def build_run(cfg: DictConfig, run_dir: Path) -> Run:
         *([tta] if tta else []),
         *([instantiate(cfg.weight_averaging)] if cfg.get("weight_averaging") else []),
         *(instantiate(c) for c in cfg.get("callbacks", {}).values()),
+        interpretation,  # after weight averaging's on_train_end, which puts the average in the model
     ]
     loggers = [instantiate(c) for c in cfg.logger.values()]
     log_config(loggers, cfg)
@@ -100,7 +107,12 @@ def build_run(cfg: DictConfig, run_dir: Path) -> Run:
         )
     except InstantiationException as err:  # Lightning's own refusal, or an unknown trainer.<key>
         raise ConfigError(f"trainer: {err.__cause__ or err}") from err
-    check_batch_split([p.batch_size for p in data.phases], trainer.world_size)
+    batch_sizes = [p.batch_size for p in data.phases]
+    check_batch_split(batch_sizes, trainer.world_size)
+    note = unsynced_batch_norm(batch_sizes, trainer.world_size, cfg.trainer.get("sync_batchnorm", False))
+    if note and trainer.is_global_zero:
+        log.warning(note)
     tuning = cpu_tuning(cfg, trainer.strategy.root_device)  # refused here, before any data
     data.setup("fit")  # acquire and build the presize caches now: reported apart from the fit
-    return Run(data, build_module(cfg, data.classes, tuning), trainer, history, tta)
+    data.place(trainer.strategy.root_device, upload=True)  # and upload them, before the timed fit
+    return Run(data, build_module(cfg, data.classes, tuning), trainer, history, tta, interpretation)

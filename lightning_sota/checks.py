@@ -46,6 +46,11 @@ REFUSED_TRAINER = {
 }
 
 
+# Mixed precision computes in half precision under autocast and keeps fp32 weights, as fastai's
+# to_fp16/to_bf16 do. The *-true precisions hold the weights themselves in 16 or 64 bits: Adam's
+# small updates to bf16 weights are lost in training from scratch, and their default dtype
+# would reach the augmentation's geometry, which is fp32 by design.
+PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16", "16-mixed", "16")
 COMPILE_MODES = ("default", "lite", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
@@ -151,6 +156,13 @@ def check_trainer(cfg: DictConfig) -> None:
         raise ConfigError(
             f"trainer.limit_train_batches={limit!r}: must be a batch count >= 1 or a fraction in (0, 1]"
         )
+    precision = str(trainer.get("precision"))
+    if precision not in PRECISIONS:
+        raise ConfigError(
+            f"trainer.precision={precision} is not supported: the weights and the augmentation's "
+            "geometry would be held in that precision; use bf16-mixed (bf16 compute on fp32 weights, "
+            "the GPU default), 16-mixed or 32-true"
+        )
     clip = trainer.get("gradient_clip_val") or 0
     if clip < 0:
         raise ConfigError(f"trainer.gradient_clip_val={clip}: must be >= 0")
@@ -184,6 +196,18 @@ def check_batch_split(batch_sizes: list[int], world: int) -> None:
                 f"batch_size={batch_size} does not split over {world} ranks: batch sizes are global "
                 f"(each rank takes batch_size/{world}); make every phase's batch_size a multiple of {world}"
             )
+
+
+def unsynced_batch_norm(batch_sizes: list[int], world: int, synced: bool) -> str | None:
+    """The line to say when each DDP rank normalizes batches of under 32 images with BatchNorm
+    statistics of its own (noisy statistics: a known loss of accuracy); None otherwise."""
+    per_rank = min(batch_sizes) // world
+    if world == 1 or synced or per_rank >= 32:
+        return None
+    return (
+        f"each of the {world} ranks trains on batches of {per_rank} images (batch sizes are global) "
+        "with BatchNorm statistics of its own: set trainer.sync_batchnorm=true, or larger batch sizes"
+    )
 
 
 def cluster_launched() -> bool:

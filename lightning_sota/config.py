@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .errors import ConfigError
+from .launch import rank_suffix, rank_zero, run_time
 
 
 def config_dir() -> str:
@@ -29,6 +30,11 @@ CONFIG_DIR = config_dir()
 OmegaConf.register_new_resolver(
     "ls.if_null", lambda value, then, otherwise: then if value is None else otherwise, replace=True
 )
+
+# The run folder, its log and its saved config, the same for every rank of a torchrun/srun job.
+OmegaConf.register_new_resolver("ls.run_time", run_time, replace=True)
+OmegaConf.register_new_resolver("ls.rank_suffix", rank_suffix, replace=True)
+OmegaConf.register_new_resolver("ls.rank_zero", rank_zero, replace=True)
 
 
 def fast_precision(accelerator: str) -> str:

@@ -112,11 +112,8 @@ class DeviceImages:
         self.transposed = torch.from_numpy(np.array(cache.transposed)).to(device)
         self.labels = torch.from_numpy(np.array(images.labels)).to(device)
 
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, indices: list[int]) -> dict:
-        idx = torch.from_numpy(np.sort(np.asarray(indices))).to(self.device)  # as CachedImages' order
+    def gather(self, idx: torch.Tensor) -> dict:
+        """The batch of the sorted image indices ``idx``, already on the device."""
         return {
             "index": idx,
             "image": self.images[idx],
@@ -125,6 +122,27 @@ class DeviceImages:
             "label": self.labels[idx],
             "size": self.size,
         }
+
+
+class DeviceBatches(Dataset):
+    """One epoch's batches of a resident split, indexed by batch number. Their index lists go to
+    the device as one matrix when the loader is made: a step's gather then reads nothing from
+    the host (uploading each batch's pageable index list would make the host wait for the
+    device at every step)."""
+
+    def __init__(self, images: DeviceImages, batches: list[list[int]]) -> None:
+        self.images = images
+        self.lengths = [len(b) for b in batches]  # the last validation batch may be short
+        matrix = np.zeros((len(batches), max(self.lengths, default=0)), np.int64)
+        for row, batch in zip(matrix, batches, strict=True):
+            row[: len(batch)] = np.sort(batch)  # as CachedImages' order
+        self.matrix = torch.from_numpy(matrix).to(images.device)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.images.gather(self.matrix[i, : self.lengths[i]])
 
 
 def free_bytes(device: torch.device) -> int | None:
@@ -194,8 +212,8 @@ class ImagenetteDataModule(pl.LightningDataModule):
         self.seed = seed
         self.holdout, self.holdout_seed = holdout, holdout_seed
         self.on_device = on_device
-        self.resident: dict[tuple[str, int], DeviceImages] | None = None  # None: not decided yet
-        self.gather_device: torch.device | None = None  # on_device's device without a Trainer (benchmarks)
+        self.resident: dict[tuple[str, int], DeviceImages] = {}
+        self.placed_on: torch.device | None = None  # where batches are gathered: see place()
         self.epoch = 0
         self.test_split = "val"
         self.validate = True
@@ -280,27 +298,31 @@ class ImagenetteDataModule(pl.LightningDataModule):
             return CachedImages(self.val_caches[size], self.val_labels, size)
         return CachedImages(self.train_caches[size], self.train_labels, size)
 
-    def device(self) -> torch.device:
-        if self.trainer is not None:
-            return self.trainer.strategy.root_device
-        return self.gather_device or torch.device("cpu")
+    def place(self, device: torch.device, upload: bool = False) -> None:
+        """Decide, for all caches, whether batches are gathered on ``device`` (data.on_device) or
+        from the host's memory map; with ``upload``, put every cache a fit reads there now
+        (build_run does, so no timed epoch waits for an upload)."""
+        caches = (*self.train_caches.values(), *self.val_caches.values())
+        need = sum(c.images.nbytes + c.boxes.nbytes + c.transposed.nbytes for c in caches)
+        self.on_device = resident_device(self.on_device, device, need, free_bytes(device))
+        where = f"on {device}" if self.on_device else "from the host's memory map"
+        log.info("batches gathered %s (caches: %.2f GiB)", where, need / 2**30)
+        self.placed_on = device
+        if upload and self.on_device:
+            for size in self.train_caches:
+                self.gathered("train", size)
+                self.gathered("val", size)
 
     def gathered(self, split: str, size: int) -> CachedImages | DeviceImages:
-        """Where ``_loader`` gathers a split's batches: on the device (uploaded once per split
-        and size) or from the host's memory map. Decided at the first loader, for all caches."""
-        if self.resident is None:
-            caches = (*self.train_caches.values(), *self.val_caches.values())
-            need = sum(c.images.nbytes + c.boxes.nbytes + c.transposed.nbytes for c in caches)
-            device = self.device()
-            self.on_device = resident_device(self.on_device, device, need, free_bytes(device))
-            self.resident = {}
-            where = f"on {device}" if self.on_device else "from the host's memory map"
-            log.info("batches gathered %s (caches: %.2f GiB)", where, need / 2**30)
+        """Where ``_loader`` gathers a split's batches: on the device (each split and size
+        uploaded once) or from the host's memory map."""
+        if self.placed_on is None:  # no place() before: the Trainer's device, or the CPU without one
+            self.place(self.trainer.strategy.root_device if self.trainer else torch.device("cpu"))
         if not self.on_device:
             return self.images(split, size)
         key = ("val" if split == "val" else "train", size)
         if key not in self.resident:
-            self.resident[key] = DeviceImages(self.images(split, size), self.device())
+            self.resident[key] = DeviceImages(self.images(split, size), self.placed_on)
         return self.resident[key]
 
     def _loader(self, split: str, size: int, batch_size: int, whole: bool = False) -> DataLoader:
@@ -316,13 +338,14 @@ class ImagenetteDataModule(pl.LightningDataModule):
         epoch = 0 if overfit else self.current_epoch()
         batches = ShardedBatches(index, batch_size, train, self.seed, epoch, rank, world, overfit or None)
         images = self.gathered(split, size)
-        on_device = isinstance(images, DeviceImages)
+        if isinstance(images, DeviceImages):
+            return DataLoader(DeviceBatches(images, batches.batches), batch_size=None)
         return DataLoader(
             images,
             sampler=batches,
             batch_size=None,  # the sampler yields whole batches: one gather each, no collate
-            num_workers=0 if on_device else self.workers,
-            pin_memory=torch.cuda.is_available() and not on_device,
+            num_workers=self.workers,
+            pin_memory=torch.cuda.is_available(),
         )
 
     def train_dataloader(self) -> DataLoader:

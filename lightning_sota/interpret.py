@@ -2,12 +2,13 @@
 results.json, ``confusion_matrix.png``, ``top_losses.png`` and ``curves.png`` in its folder.
 
 The metrics and the confusion-matrix plot are torchmetrics'; the predictions come from one pass
-over the whole val split with the trained model, in the precision the validation ran in, so the
-overall accuracy here is the run's val_acc.
+over the whole val split with the trained model, on the run's device in the precision the
+validation ran in, so the overall accuracy here is the run's val_acc.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import matplotlib
@@ -20,6 +21,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from torch import Tensor  # noqa: E402
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix  # noqa: E402
 
+from .callbacks import History  # noqa: E402
 from .data import ImagenetteDataModule  # noqa: E402
 from .module import ImageClassifier  # noqa: E402
 from .show_batch import save_figure, save_grid  # noqa: E402
@@ -144,3 +146,22 @@ def interpret(
     plot_top_losses(module, data, logits, labels, index, folder / "top_losses.png")
     plot_curves(history, folder / "curves.png")
     return accuracies(logits, labels, module.classes)
+
+
+class Interpretation(pl.Callback):
+    """Interprets the trained model at the end of the fit, on rank 0 alone: in ``on_train_end``,
+    after WeightAveraging has put the average into the model and before Lightning's teardown
+    moves the model to the CPU (so the pass runs on the run's device). ``results`` holds
+    results.json's additions, ``seconds`` the time it took (inside the fit's wall time)."""
+
+    def __init__(self, history: History, folder: Path) -> None:
+        self.history, self.folder = history, folder
+        self.results: dict = {}
+        self.seconds = 0.0
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: ImageClassifier) -> None:
+        if not trainer.is_global_zero:
+            return
+        start = time.perf_counter()
+        self.results = interpret(pl_module, trainer.datamodule, trainer, self.history.rows, self.folder)
+        self.seconds = time.perf_counter() - start

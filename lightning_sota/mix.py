@@ -31,8 +31,11 @@ class MixUp:
 
     def __call__(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         n = len(x)
-        beta = torch.distributions.Beta(torch.tensor(self.alpha), torch.tensor(self.alpha))
-        lam = beta.sample((n,)).to(x.device)
+        # Drawn where the batch is: a draw on the host would be copied to the GPU at every step.
+        # torch.full, not torch.tensor (a copy from the host), and no argument validation (a read
+        # of the device).
+        alpha = torch.full((), self.alpha, device=x.device)
+        lam = torch.distributions.Beta(alpha, alpha, validate_args=False).sample((n,))
         lam = torch.maximum(lam, 1 - lam)
         perm = torch.randperm(n, device=x.device)
         mixed = torch.lerp(x[perm], x, lam.view(-1, 1, 1, 1).to(x.dtype))
@@ -50,6 +53,7 @@ class CutMix:
 
     def __call__(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         n, _, h, w = x.shape
+        # Drawn on the host's generator: the box's bounds are Python ints, and no device is read.
         lam = torch.distributions.Beta(self.alpha, self.alpha).sample().item()
         cut = (1 - lam) ** 0.5
         cut_h, cut_w = int(h * cut), int(w * cut)

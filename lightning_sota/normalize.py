@@ -23,6 +23,9 @@ class Normalize(nn.Module):
         self.register_buffer("mean", torch.tensor(mean or [0.0, 0, 0]).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std or [1.0, 1, 1]).view(1, 3, 1, 1))
         self.register_buffer("fitted", torch.tensor(mean is not None))
+        # ``fitted`` as the host last read it: a buffer's value is read back only until it is
+        # True (once, in practice), not at every step, where each read would wait for the GPU.
+        self._known_fitted = False
 
     @torch.no_grad()
     def fit(self, x: Tensor) -> None:
@@ -37,8 +40,10 @@ class Normalize(nn.Module):
         self.fitted.fill_(True)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.from_batch and self.training and not self.fitted:
-            self.fit(x)
+        if self.from_batch and self.training and not self._known_fitted:
+            if not self.fitted:
+                self.fit(x)
+            self._known_fitted = True
         return (x - self.mean) / self.std  # mean 0, std 1 until fitted: no branch on the device
 
     def stats(self) -> dict | None:

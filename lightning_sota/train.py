@@ -1,6 +1,6 @@
 """The training entry point (``python train.py`` in a checkout, ``lightning-sota-train`` when
-installed): compose the config, build the run, optionally find the lr, fit, test with TTA,
-interpret, write results.json. ``--help`` lists the experiments and scales."""
+installed): compose the config, build the run, optionally find the lr, fit (interpreting the
+model at its end), test with TTA, write results.json. ``--help`` lists the experiments and scales."""
 
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ from .checks import check_config, check_multirun
 from .cli import one_line_errors
 from .config import CONFIG_DIR
 from .files import write_json
-from .interpret import interpret
 from .loggers import keep_rows_before
 from .lr_find import find_lr
 from .results import is_complete, summarize
@@ -48,7 +47,9 @@ def train(cfg: DictConfig, run_dir: Path, resume: Resume | None = None) -> dict 
 
     start = time.perf_counter()
     run.trainer.fit(run.module, datamodule=run.data, ckpt_path=resume.checkpoint if resume else None)
-    train_seconds = run.history.seconds_before + time.perf_counter() - start
+    # the fit's wall time holds the interpretation at its end (interpret.Interpretation)
+    fit_seconds = time.perf_counter() - start - run.interpretation.seconds
+    train_seconds = run.history.seconds_before + fit_seconds
 
     test_seconds = None
     if run.tta:
@@ -59,10 +60,9 @@ def train(cfg: DictConfig, run_dir: Path, resume: Resume | None = None) -> dict 
     results = summarize(cfg, run, train_seconds, test_seconds)
     if lr_found:
         results["lr_find"] = {k: v for k, v in lr_found.items() if k not in ("lr", "loss")}
-    if run.trainer.is_global_zero:  # one more pass over the whole val split, on rank 0 alone
-        start = time.perf_counter()
-        results |= interpret(run.module, run.data, run.trainer, run.history.rows, run_dir)
-        results["interpret_seconds"] = round(time.perf_counter() - start, 2)
+    if run.trainer.is_global_zero:
+        results |= run.interpretation.results
+        results["interpret_seconds"] = round(run.interpretation.seconds, 2)
         write_json(run_dir / "results.json", results)
         log.info("val_acc %.4f in %.1f s (%s)", results["val_acc"], train_seconds, run_dir)
     return results

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lightning_sota.checks import check_config
+from lightning_sota.checks import check_config, unsynced_batch_norm
 from lightning_sota.errors import ConfigError
 
 from .conftest import config, run_train
@@ -42,6 +42,14 @@ from .conftest import config, run_train
         (["tta=fastai", "tta.use_max=off"], r"^tta.use_max='off': use true or false$"),
         (["optim.fused=no"], r"^optim.fused='no': use true or false$"),
         (["data.download=0"], r"^data.download=0: use true or false$"),
+        (
+            ["trainer.precision=bf16-true"],
+            r"^trainer.precision=bf16-true is not supported: the weights and the augmentation's geometry "
+            r"would be held in that precision; use bf16-mixed \(bf16 compute on fp32 weights, the GPU "
+            r"default\), 16-mixed or 32-true$",
+        ),
+        (["trainer.precision=16-true"], "^trainer.precision=16-true is not supported: "),
+        (["trainer.precision=64-true"], "^trainer.precision=64-true is not supported: "),
         (["model.arch=resnet51d"], r"^unknown model.arch='resnet51d': use one of \['xresnet101'"),
         (
             ["model.arch=mobilenetv3_small_050", "model.blur_pool=true"],
@@ -122,3 +130,26 @@ def test_cli_unknown_experiment_or_option_lists_the_options(tmp_path, override, 
     proc = run_train(override, tmp=tmp_path, ok=False)
     assert proc.returncode != 0
     assert f"Available options in '{group}'" in proc.stderr and option in proc.stderr
+
+
+def test_small_unsynced_batches_per_rank_are_named():
+    assert unsynced_batch_norm([64], 8, synced=False) == (
+        "each of the 8 ranks trains on batches of 8 images (batch sizes are global) with BatchNorm "
+        "statistics of its own: set trainer.sync_batchnorm=true, or larger batch sizes"
+    )
+    assert unsynced_batch_norm([128, 32], 2, synced=False) is not None  # the smallest phase counts
+    assert unsynced_batch_norm([64], 8, synced=True) is None
+    assert unsynced_batch_norm([256], 8, synced=False) is None  # 32 a rank
+    assert unsynced_batch_norm([16], 1, synced=False) is None  # one process: nothing to sync
+
+
+def test_bf16_true_is_refused_in_one_line_before_any_data(tmp_path):
+    """It used to crash at the first step: bf16 draws met the fp32 geometry in linalg.solve."""
+    proc = run_train("scale=smoke", "trainer.precision=bf16-true", tmp=tmp_path, ok=False)
+    assert proc.returncode == 2
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: trainer.precision=bf16-true is not supported: ")
+    )
+    assert not (tmp_path / "cache").exists()

@@ -66,3 +66,49 @@ def test_top_losses_show_the_images_they_name(tmp_path, mini, monkeypatch):
         predicted, actual = data.classes[(labels[i] + 1) % 10], data.classes[labels[i]]
         assert shown["t"][j].startswith(f"{predicted} / {actual}\n"), shown["t"][j]
         assert shown["t"][j].endswith(" / 1.00")  # the wrong class holds all the probability
+
+
+def test_interpretation_runs_on_the_strategys_device_before_teardown(tmp_path, mini, monkeypatch):
+    """Lightning's teardown moves the module off its device after fit and test (to the CPU; here,
+    to make the move visible on a CPU machine, its network to the meta device, where no number
+    survives).
+    The interpretation pass must still run on ``trainer.strategy.root_device`` with the trained
+    weights, and its figures reach results.json."""
+    from pytorch_lightning.strategies import Strategy
+
+    from lightning_sota.train import train
+
+    from .conftest import config
+
+    teardown = Strategy.teardown
+
+    def to_meta(self):
+        teardown(self)
+        if self.lightning_module is not None:
+            self.lightning_module.model.to("meta")
+
+    monkeypatch.setattr(Strategy, "teardown", to_meta)
+    seen = []
+    predictions = interpret.predictions
+    monkeypatch.setattr(
+        interpret,
+        "predictions",
+        lambda module, data, trainer: (
+            seen.append((module.device, trainer.strategy.root_device)) or predictions(module, data, trainer)
+        ),
+    )
+    cfg = config(
+        "+experiment=normalize",
+        "scale=smoke",
+        "scale.epochs=1",
+        f"data.root={mini}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        f"logger.csv.save_dir={tmp_path}",
+        "trainer.enable_progress_bar=false",
+    )
+    res = train(cfg, tmp_path)
+    assert seen == [(torch.device("cpu"), torch.device("cpu"))]
+    assert next(iter(res["per_class_acc"].values())) is not None and 0 <= res["top5_acc"] <= 1
+    # the pass scored the trained model: its top-1 is the run's val_acc, within one image
+    assert abs(sum(res["per_class_acc"].values()) / 10 - res["val_acc"]) <= 1 / 200 + 1e-6
+    assert (tmp_path / "confusion_matrix.png").is_file() and (tmp_path / "results.json").is_file()
