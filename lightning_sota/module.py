@@ -130,9 +130,9 @@ class ImageClassifier(pl.LightningModule):
         (verdict, event, epoch, step), self._verdict = self._verdict, None
         if event is not None:
             event.synchronize()
-        here, everywhere, value = verdict.tolist()
-        if everywhere:
+        if verdict[1]:  # finite on every rank: one value read, from host memory
             return
+        here, value = bool(verdict[0]), float(verdict[2])
         if not self.stop_on_non_finite:
             self.trainer.should_stop = True
             return
@@ -155,13 +155,13 @@ class ImageClassifier(pl.LightningModule):
         logits, y = self.model(self.prepare(batch, train=False)), batch["label"]
         log = dict(on_epoch=True, prog_bar=True, batch_size=len(y), add_dataloader_idx=False)
         self.log(f"{split}_loss", self.loss(logits, y).mean(), sync_dist=True, **log)
-        accuracy(logits, y)
+        accuracy.update(logits, y)  # not forward: it would also score the batch alone, every step
         self.log(f"{split}_acc", accuracy, **log)
 
     def test_step(self, batch: dict, batch_idx: int) -> Tensor:
         """The centre prediction; a TestTimeAugmentation callback adds its augmented passes."""
         probs = self.predict_probs(self.prepare(batch, train=False))
-        self.test_acc(probs, batch["label"])
+        self.test_acc.update(probs, batch["label"])
         self.log("test_acc", self.test_acc, on_epoch=True, batch_size=len(probs))
         return probs
 
