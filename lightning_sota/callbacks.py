@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import time
+import warnings
+from collections import Counter
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_info
+
+from .files import write_json
 
 
 class History(pl.Callback):
@@ -113,3 +118,73 @@ class ProgressiveResize(pl.Callback):
             )
         pl_module.log("size", float(phase.size), on_step=False, on_epoch=True)
         pl_module.log("batch_size", float(phase.batch_size), on_step=False, on_epoch=True)
+
+
+class HostSyncCount(pl.Callback):
+    """debug=syncs: how often the host waits for the GPU, per training step and per validation
+    batch, counted by torch's CUDA sync debug mode over every epoch after the first (the first
+    sets up: allocations, cuDNN's choices, the pinned buffers). Each epoch's counts, and the
+    lines that waited, go to ``path`` (syncs.json). 16-mixed's GradScaler waits once a step by
+    torch's design; nothing else should."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self.epochs: list[dict] = []
+        self._caught: list | None = None
+
+    def _watching(self, trainer: pl.Trainer) -> bool:
+        return trainer.current_epoch >= 1 and trainer.strategy.root_device.type == "cuda"
+
+    def _start(self) -> None:
+        self._catcher = warnings.catch_warnings(record=True)
+        self._caught = self._catcher.__enter__()
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+
+    def _stop(self) -> list[warnings.WarningMessage]:
+        torch.cuda.set_sync_debug_mode("default")
+        caught, self._caught = self._caught, None
+        self._catcher.__exit__(None, None, None)
+        return [w for w in caught if "synchroniz" in str(w.message)]
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._batches = {"train": 0, "val": 0}
+        if self._watching(trainer):
+            self._start()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._batches["train"] += 1
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        if self._caught is not None:
+            self._train_waits = self._stop()
+            self._start()
+
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
+        self._batches["val"] += 1
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if self._caught is not None:
+            self._record(trainer, self._train_waits, self._stop())
+
+    def _record(self, trainer, train: list, val: list) -> None:
+        where = Counter(f"{w.filename}:{w.lineno}" for w in (*train, *val))
+        steps, batches = max(self._batches["train"], 1), max(self._batches["val"], 1)
+        self.epochs.append(
+            {
+                "epoch": trainer.current_epoch,
+                "train_steps": self._batches["train"],
+                "waits_per_train_step": round(len(train) / steps, 3),
+                "val_batches": self._batches["val"],
+                "waits_per_val_batch": round(len(val) / batches, 3),
+                "where": dict(where.most_common(8)),
+            }
+        )
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            device = trainer.strategy.root_device
+            note = {} if device.type == "cuda" else {"skipped": f"the run is on {device}: no GPU to wait for"}
+            write_json(self.path, {"device": str(device), **note, "epochs": self.epochs})
