@@ -156,8 +156,10 @@ def check_trainer(cfg: DictConfig) -> None:
         raise ConfigError(
             f"trainer.limit_train_batches={limit!r}: must be a batch count >= 1 or a fraction in (0, 1]"
         )
-    precision = str(trainer.get("precision"))
-    if precision not in PRECISIONS:
+    # unresolved: the default (an ls.fast_precision interpolation) is always one of them, and
+    # resolving it would ask the GPU before the device checks below
+    precision = str(OmegaConf.to_container(trainer, resolve=False).get("precision"))
+    if not precision.startswith("${") and precision not in PRECISIONS:
         raise ConfigError(
             f"trainer.precision={precision} is not supported: the weights and the augmentation's "
             "geometry would be held in that precision; use bf16-mixed (bf16 compute on fp32 weights, "
