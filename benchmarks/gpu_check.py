@@ -133,8 +133,16 @@ def syncs(work: Path, out: Path, overrides: list[str]) -> dict:
     report = json.loads((run_dir / "syncs.json").read_text())
     if "skipped" in report:
         return {"skipped": report["skipped"]}
-    keys = ("epoch", "waits_per_train_step", "waits_per_val_batch")
-    return {"epochs": [{k: e[k] for k in keys} for e in report["epochs"]]}
+    return {
+        "epochs": [
+            {
+                "epoch": e["epoch"],
+                "waits_per_train_step": round(e["train_waits"] / max(e["train_steps"], 1), 2),
+                "waits_per_val_batch": round(e["val_waits"] / max(e["val_batches"], 1), 2),
+            }
+            for e in report["epochs"]
+        ]
+    }
 
 
 def throughput(

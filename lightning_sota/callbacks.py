@@ -171,14 +171,13 @@ class HostSyncCount(pl.Callback):
 
     def _record(self, trainer, train: list, val: list) -> None:
         where = Counter(f"{w.filename}:{w.lineno}" for w in (*train, *val))
-        steps, batches = max(self._batches["train"], 1), max(self._batches["val"], 1)
         self.epochs.append(
             {
                 "epoch": trainer.current_epoch,
                 "train_steps": self._batches["train"],
-                "waits_per_train_step": round(len(train) / steps, 3),
+                "train_waits": len(train),
                 "val_batches": self._batches["val"],
-                "waits_per_val_batch": round(len(val) / batches, 3),
+                "val_waits": len(val),
                 "where": dict(where.most_common(8)),
             }
         )

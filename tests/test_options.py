@@ -223,3 +223,27 @@ def test_weight_averaging_ema_validates_and_saves_the_average(tmp_path):
     torch.testing.assert_close(ckpt["current_model_state"]["model.fc.weight"], probe.seen[-1])
     assert not torch.allclose(average, probe.seen[-1], atol=1e-4)
     torch.testing.assert_close(run.module.model.fc.weight, average)  # after the fit: the average
+
+
+def test_the_ema_count_survives_a_checkpoint():
+    """A resumed EMA goes on averaging: the host's count comes back with the state (at 0 the
+    next update would copy the weights instead)."""
+    from torch.optim.swa_utils import get_ema_multi_avg_fn
+
+    from lightning_sota.weight_averaging import HostCountedAverage
+
+    def average(model: torch.nn.Module) -> HostCountedAverage:
+        return HostCountedAverage(model, use_buffers=True, multi_avg_fn=get_ema_multi_avg_fn(0.5))
+
+    model = torch.nn.Linear(2, 2)
+    first = average(model)
+    first.update_parameters(model)
+    first.update_parameters(model)
+    again = average(torch.nn.Linear(2, 2))
+    again.load_state_dict(first.state_dict())
+    assert again.updates == 2
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    expected = 0.5 * again.module.weight.detach() + 0.5
+    again.update_parameters(model)
+    torch.testing.assert_close(again.module.weight.detach(), expected)
