@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -242,10 +243,9 @@ def main() -> None:
     args = parser.parse_args()
     out, work = Path(args.out), Path(args.work)
     out.mkdir(parents=True, exist_ok=True)
-    root = Path(
-        args.root
-        or (ROOT.parent / "shared" / "data" / "imagenette-mini" if args.smoke else "/tmp/imagenette-pack")
-    )
+    # the mini set: where the tests find it (IMAGENETTE_MINI, else ../shared beside the checkout)
+    mini = os.environ.get("IMAGENETTE_MINI", ROOT.parent / "shared" / "data" / "imagenette-mini")
+    root = Path(args.root or (mini if args.smoke else "/tmp/imagenette-pack"))
     cache = work / "cache"
     common = [f"data.root={root}", f"data.cache_dir={cache}"]
     if args.smoke:
