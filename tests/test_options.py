@@ -247,3 +247,10 @@ def test_the_ema_count_survives_a_checkpoint():
     expected = 0.5 * again.module.weight.detach() + 0.5
     again.update_parameters(model)
     torch.testing.assert_close(again.module.weight.detach(), expected)
+
+
+@pytest.mark.parametrize("trainer", ["default", "gpu", "ddp", "cpu", "ddp_cpu"])
+def test_cudnn_autotunes_under_every_trainer(trainer):
+    """Sizes change only at phase boundaries, so cuDNN's search pays off on any GPU run (and
+    means nothing on a CPU): not only under trainer=gpu."""
+    assert config(f"trainer={trainer}").trainer.benchmark is True
