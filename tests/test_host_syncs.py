@@ -27,6 +27,8 @@ from .conftest import config
 
 aten = torch.ops.aten
 CUDA = torch.device("cuda", 0)
+# the steps run without a Trainer, where Lightning's self.log only warns
+pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
 
 
 class HostSync(AssertionError):
