@@ -20,7 +20,7 @@ from .callbacks import History, ProgressiveResize
 from .checks import check_batch_split, unsynced_batch_norm
 from .cpu import CpuTuning
 from .data import ImagenetteDataModule
-from .errors import ConfigError
+from .errors import ConfigError, UserError
 from .interpret import Interpretation
 from .loggers import log_config
 from .module import ImageClassifier
@@ -36,10 +36,18 @@ def cpu_tuning(cfg: DictConfig, device: torch.device) -> CpuTuning:
     return instantiate(cfg.cpu)(device)
 
 
-def build_module(cfg: DictConfig, classes: list[str], tuning: CpuTuning) -> ImageClassifier:
+def build_module(
+    cfg: DictConfig, classes: list[str], tuning: CpuTuning, weights: bool = True
+) -> ImageClassifier:
     """The LightningModule of a config (a run's, or one saved in a checkpoint), its model and
-    this process tuned by ``tuning``, which ``module.cpu_tuning`` records."""
-    model = instantiate(cfg.model, num_classes=len(classes))
+    this process tuned by ``tuning``, which ``module.cpu_tuning`` records. ``weights=False``: not
+    loaded from ``model.pretrained`` (a checkpoint's own weights follow)."""
+    try:
+        model = instantiate(cfg.model, num_classes=len(classes), **({} if weights else {"pretrained": False}))
+    except InstantiationException as err:  # a refusal of weights.py, said in one line
+        if isinstance(err.__cause__, UserError):
+            raise err.__cause__ from None
+        raise
     module = ImageClassifier(
         model=model,
         augment=instantiate(cfg.augment),
@@ -70,10 +78,10 @@ class Run:
     interpretation: Interpretation
 
 
-def build_run(cfg: DictConfig, run_dir: Path) -> Run:
+def build_run(cfg: DictConfig, run_dir: Path, weights: bool = True) -> Run:
     """Every part of a run. The Trainer comes first: Lightning validates its options (devices,
     strategy, precision, ...) in its constructor, so a bad one is refused before any data is read;
-    the module comes last, tuned for the Trainer's device."""
+    the module comes last, tuned for the Trainer's device (``weights``: see build_module)."""
     pl.seed_everything(cfg.seed, workers=True)
     data: ImagenetteDataModule = instantiate(cfg.data)
     history = History()
@@ -115,4 +123,5 @@ def build_run(cfg: DictConfig, run_dir: Path) -> Run:
     tuning = cpu_tuning(cfg, trainer.strategy.root_device)  # refused here, before any data
     data.setup("fit")  # acquire and build the presize caches now: reported apart from the fit
     data.place(trainer.strategy.root_device, upload=True)  # and upload them, before the timed fit
-    return Run(data, build_module(cfg, data.classes, tuning), trainer, history, tta, interpretation)
+    module = build_module(cfg, data.classes, tuning, weights)
+    return Run(data, module, trainer, history, tta, interpretation)

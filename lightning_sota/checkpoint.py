@@ -157,7 +157,7 @@ def restore(target: str | Path, command: str, overrides: list[str] = ()) -> Rest
     # and torch.export (ONNX) traces the plain module.
     OmegaConf.update(cfg, "model.compile", False)
     trainer = scoring_trainer(cfg)
-    module = build_module(cfg, meta["classes"], cpu_tuning(cfg, trainer.strategy.root_device))
+    module = build_module(cfg, meta["classes"], cpu_tuning(cfg, trainer.strategy.root_device), weights=False)
     module.load_state_dict(ckpt["state_dict"])
     module.eval()
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .cpu import Switch
 from .errors import ConfigError
+from .weights import check_pretrained
 
 PHASES_FIX = "epochs come from the phases: set scale.epochs (resize=fixed) or scale.progressive.N.epochs"
 WHOLE_SPLIT = "val_acc and tta_acc are scored on the whole validation split every epoch: remove it"
@@ -127,9 +128,10 @@ def check_switches(cfg: DictConfig) -> None:
 def check_model(model: DictConfig) -> None:
     """Build the model on the meta device (no memory, no initialisation work), so an unknown arch
     or a ``widen`` it cannot take is refused in one line before any data is read."""
+    check_pretrained(model.arch, model.get("pretrained", False), model.get("widen", 1))
     try:
         with torch.device("meta"):
-            instantiate(model, num_classes=10, pretrained=False)  # timm's weights: not needed to check
+            instantiate(model, num_classes=10, pretrained=False)  # the weights: not needed to check
     except InstantiationException as err:
         if isinstance(err.__cause__, ValueError):  # create_model's refusals name the fix
             raise ConfigError(str(err.__cause__)) from err

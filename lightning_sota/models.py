@@ -3,7 +3,8 @@
 timm's ``resnet*d`` is xresnet's topology (deep 32-32-64 stem, average-pool shortcut
 downsampling, zero-initialised last BatchNorm of each block); only the initialisation differs,
 so we apply fastai's: kaiming_normal (fan_in) on every conv and linear, biases zero. Any other
-timm architecture name is passed through unchanged.
+timm architecture name is passed through unchanged. ``pretrained`` starts from given weights
+instead (weights.py), and then nothing is re-initialised.
 """
 
 from __future__ import annotations
@@ -13,13 +14,7 @@ import torch
 from timm.layers import BlurPool2d
 from torch import nn
 
-XRESNETS = {
-    "xresnet18": "resnet18d",
-    "xresnet34": "resnet34d",
-    "xresnet50": "resnet50d",
-    "xresnet101": "resnet101d",
-    "xresnet152": "resnet152d",
-}
+from .weights import XRESNETS, check_pretrained, from_timm, load_pretrained
 
 
 def fastai_init(model: nn.Module) -> nn.Module:
@@ -31,6 +26,23 @@ def fastai_init(model: nn.Module) -> nn.Module:
     return model  # BatchNorms keep timm's init: 1/0, and 0 for each block's last (zero_init_last)
 
 
+def initialised(arch: str, num_classes: int, widen: float, **kwargs) -> nn.Module:
+    """A new model: an xresnet with fastai's init, or any timm model with timm's."""
+    if arch in XRESNETS:
+        return fastai_init(timm.create_model(XRESNETS[arch], num_classes=num_classes, **kwargs))
+    try:
+        return timm.create_model(arch, num_classes=num_classes, **kwargs)
+    except RuntimeError as err:  # timm: "Unknown model (...)"
+        raise ValueError(
+            f"unknown model.arch={arch!r}: use one of {sorted(XRESNETS)} or a "
+            "timm model name (timm.list_models())"
+        ) from err
+    except TypeError as err:  # a constructor without ``channels``: not a ResNet
+        if widen == 1:
+            raise
+        raise ValueError(f"model.widen={widen}: {arch} is not a timm ResNet: set model.widen=1") from err
+
+
 def create_model(
     arch: str = "xresnet50",
     num_classes: int = 10,
@@ -38,6 +50,7 @@ def create_model(
     compile: bool | str = False,
     widen: float = 1.0,
     blur_pool: bool = False,
+    pretrained: bool | str = False,
     **kwargs,
 ) -> nn.Module:
     """``arch``: an xresnet name (timm's resnet*d with fastai's init) or any timm model name.
@@ -48,31 +61,25 @@ def create_model(
     downsampling): the stem's max pool at stride 1, then timm's BlurPool2d at stride 2, as timm's
     own ``aa_layer`` builds the stem. Only the stem: timm's ``aa_layer`` also blurs every strided
     block, at a much larger cost per step (benchmarks/RESULTS.md); any timm ResNet takes it.
+    ``pretrained``: true (timm's ImageNet weights) or a weights file, run folder or checkpoint.
     The model is plain timm/torch: CPU-only speed-ups are applied by the caller for CPU runs
     (lightning_sota/cpu/)."""
+    check_pretrained(arch, pretrained, widen)
     if widen != 1:
         kwargs["channels"] = tuple(int(c * widen) for c in (64, 128, 256, 512))
         if min(kwargs["channels"]) < 1:
             raise ValueError(f"model.widen={widen}: leaves a stage without channels: use at least 1/64")
-    if arch in XRESNETS:
-        model = fastai_init(timm.create_model(XRESNETS[arch], num_classes=num_classes, **kwargs))
+    if pretrained is True:
+        model = from_timm(arch, num_classes, **kwargs)
     else:
-        try:
-            model = timm.create_model(arch, num_classes=num_classes, **kwargs)
-        except RuntimeError as err:  # timm: "Unknown model (...)"
-            raise ValueError(
-                f"unknown model.arch={arch!r}: use one of {sorted(XRESNETS)} or a "
-                "timm model name (timm.list_models())"
-            ) from err
-        except TypeError as err:  # a constructor without ``channels``: not a ResNet
-            if widen == 1:
-                raise
-            raise ValueError(f"model.widen={widen}: {arch} is not a timm ResNet: set model.widen=1") from err
+        model = initialised(arch, num_classes, widen, **kwargs)
     if blur_pool:
         if not isinstance(getattr(model, "maxpool", None), nn.MaxPool2d):
             raise ValueError(f"model.blur_pool=true: {arch} has no max-pool stem: set model.blur_pool=false")
         width = model.bn1.num_features
         model.maxpool = nn.Sequential(nn.MaxPool2d(3, stride=1, padding=1), BlurPool2d(width, stride=2))
+    if pretrained and pretrained is not True:  # after the init: the file's tensors are kept as they are
+        load_pretrained(model, str(pretrained), arch)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if compile:

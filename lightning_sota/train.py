@@ -24,6 +24,7 @@ from .loggers import keep_rows_before
 from .lr_find import find_lr
 from .results import is_complete, summarize
 from .resume import Resume, resumed
+from .weights import normalize_for_weights
 
 log = logging.getLogger("lightning_sota")
 # The loader gathers whole batches from a memory map in the main process on purpose.
@@ -34,7 +35,7 @@ logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(lambda r: "
 
 def train(cfg: DictConfig, run_dir: Path, resume: Resume | None = None) -> dict | None:
     """One run in ``run_dir``; its results (None for ``lr_find=only``)."""
-    run = build_run(cfg, run_dir)
+    run = build_run(cfg, run_dir, weights=resume is None)  # a resume's weights are its checkpoint's
     lr_found = None
     if cfg.lr_find and not resume:
         lr_found = find_lr(run.trainer, run.module, run.data, run_dir)
@@ -77,6 +78,8 @@ def main(cfg: DictConfig) -> float | None:
     resume = None
     if cfg.resume:  # the interrupted run's own config, from its checkpoint, in its own folder
         cfg, resume = resumed(cfg, list(hydra_cfg.overrides.task))
+    else:
+        normalize_for_weights(cfg, list(hydra_cfg.overrides.task))
     check_config(cfg)
     check_multirun(cfg.trainer, hydra_cfg.mode == RunMode.MULTIRUN)
     done = run_dir / "results.json"
