@@ -30,6 +30,8 @@ CONFIG_DIR = config_dir()
 OmegaConf.register_new_resolver(
     "ls.if_null", lambda value, then, otherwise: then if value is None else otherwise, replace=True
 )
+# ${ls.plus:a,b}: a + b (experiment/fine_tune.yaml: the frozen epochs, then the scale's).
+OmegaConf.register_new_resolver("ls.plus", lambda *values: sum(values), replace=True)
 
 # The run folder, its log and its saved config, the same for every rank of a torchrun/srun job.
 OmegaConf.register_new_resolver("ls.run_time", run_time, replace=True)

@@ -26,6 +26,22 @@ def fastai_init(model: nn.Module) -> nn.Module:
     return model  # BatchNorms keep timm's init: 1/0, and 0 for each block's last (zero_init_last)
 
 
+def param_splits(model: nn.Module) -> list[list[nn.Parameter]]:
+    """fastai's splitter, for discriminative learning rates and freeze(): a ResNet's stem /
+    body / classifier (fastai's ``_xresnet_split`` on timm's names: [conv1, bn1] / [maxpool,
+    layer1-4] / [fc]); any other model's body / classifier."""
+    if all(hasattr(model, name) for name in ("conv1", "bn1", "layer4", "fc")):
+        stem = [*model.conv1.parameters(), *model.bn1.parameters()]
+        head = list(model.fc.parameters())
+        taken = {id(p) for p in (*stem, *head)}
+        return [stem, [p for p in model.parameters() if id(p) not in taken], head]
+    head = list(model.get_classifier().parameters()) if hasattr(model, "get_classifier") else []
+    taken = {id(p) for p in head}
+    return (
+        [[p for p in model.parameters() if id(p) not in taken], head] if head else [list(model.parameters())]
+    )
+
+
 def initialised(arch: str, num_classes: int, widen: float, **kwargs) -> nn.Module:
     """A new model: an xresnet with fastai's init, or any timm model with timm's."""
     if arch in XRESNETS:

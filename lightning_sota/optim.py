@@ -11,12 +11,30 @@ from timm.optim import Lookahead
 from torch import nn
 from torch.optim.adam import adam as adam_update
 
+from .models import param_splits
+
+NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
 
 def _groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on parameters with more than one dimension only."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    """fastai's parameter groups (models.param_splits: stem / body / classifier of a ResNet),
+    each cut by what weight decay applies to (weights of more than one dimension outside norm
+    layers: fastai's ``wd_bn_bias=False``). ``split`` is the group's place for discriminative
+    learning rates; ``norm``: a norm layer's parameters, which fastai's freeze() leaves trainable."""
+    norms = {id(p) for m in model.modules() if isinstance(m, NORMS) for p in m.parameters(recurse=False)}
+    groups = []
+    for split, params in enumerate(param_splits(model)):
+        for norm in (False, True):
+            for decay in (True, False):
+                members = [
+                    p
+                    for p in params
+                    if p.requires_grad and (id(p) in norms) == norm and (p.ndim > 1 and not norm) == decay
+                ]
+                if members:
+                    wd = weight_decay if decay else 0.0
+                    groups.append({"params": members, "weight_decay": wd, "split": split, "norm": norm})
+    return groups
 
 
 def adam(

@@ -34,6 +34,11 @@ class Cycle:
     div_final: float = 1e5
     pct_start: float = 0.25
     clear_state: bool = False  # start with fresh optimizer state (fastai's freeze()/unfreeze())
+    # discriminative learning rates: the multiple of the lr each split of the model gets
+    # (optim._groups' "split"), fastai's slice(); None: the same lr everywhere
+    mults: list[float] | None = None
+    # fastai's freeze(): every split but the last gets lr 0, except its norm layers' parameters
+    frozen: bool = False
 
 
 class CycleSchedule(LRScheduler):
@@ -60,8 +65,9 @@ class CycleSchedule(LRScheduler):
         starts = [sum(c["steps"] for c in self.cycles[:i]) for i in range(len(self.cycles))]
         return {start for start, c in zip(starts, self.cycles, strict=True) if c["clear_state"]}
 
-    def values(self, step: int) -> tuple[float, float | None]:
-        """(lr, momentum) at optimizer step ``step`` (0-based); past the end, the final values."""
+    def values(self, step: int) -> tuple[float, float | None, dict]:
+        """(lr, momentum, cycle) at optimizer step ``step`` (0-based); past the end, the final
+        values. The lr is the last split's: see ``group_lr``."""
         for c in self.cycles:
             if step < c["steps"] or c is self.cycles[-1]:
                 pos = min(step / c["steps"], 1.0)
@@ -69,21 +75,33 @@ class CycleSchedule(LRScheduler):
                     pos, c["lr_max"] / c["div"], c["lr_max"], c["lr_max"] / c["div_final"], c["pct_start"]
                 )
                 mom = None if self.moms is None else one_cycle_value(pos, *self.moms, c["pct_start"])
-                return lr, mom
+                return lr, mom, c
             step -= c["steps"]
         raise ValueError("a schedule needs at least one cycle")
+
+    @staticmethod
+    def group_lr(lr: float, cycle: dict, group: dict) -> float:
+        """A parameter group's share of ``lr``: its split's multiple, and 0 for what a frozen
+        cycle keeps fixed (one cycle shape scaled per split is fastai's schedule over an array of
+        lr_max). A group without a split (an optimizer not built by optim.py) gets ``lr``."""
+        mults, split = cycle["mults"], group.get("split")
+        if split is None or not mults:
+            return lr
+        if cycle["frozen"] and split < len(mults) - 1 and not group.get("norm"):
+            return 0.0
+        return lr * mults[split]
 
     def get_lr(self) -> list[float]:
         if self.last_epoch in self.clear_at:  # Adam's moments and step count start over
             # a wrapper (timm's Lookahead, i.e. ranger) keeps them in its base optimizer
             getattr(self.optimizer, "_base_optimizer", self.optimizer).state.clear()
-        lr, mom = self.values(self.last_epoch)
+        lr, mom, cycle = self.values(self.last_epoch)
         for group in self.optimizer.param_groups if mom is not None else []:
             if "betas" in group:
                 group["betas"] = (mom, group["betas"][1])
             elif "momentum" in group:
                 group["momentum"] = mom
-        return [lr for _ in self.optimizer.param_groups]
+        return [self.group_lr(lr, cycle, group) for group in self.optimizer.param_groups]
 
 
 def one_cycle(
@@ -125,3 +143,58 @@ def fine_tune(
             rest = per_epoch * (epochs - 1)
             cycles.append(Cycle(rest, fine_tune_lr / 2, 5.0, div_final, 0.3, clear_state=True))
     return CycleSchedule(optimizer, cycles, moms)
+
+
+def even_mults(start: float, stop: float, n: int) -> list[float]:
+    """fastai's even_mults: ``n`` values from ``start`` to ``stop``, evenly spaced in log."""
+    if n == 1:
+        return [stop]
+    step = (stop / start) ** (1 / (n - 1))
+    return [start * step**i for i in range(n)]
+
+
+def pretrained_fine_tune(
+    optimizer: Optimizer,
+    phases: list[tuple[int, int]],
+    base_lr: float = 2e-3,
+    freeze_epochs: int = 1,
+    lr_mult: float = 100.0,
+    pct_start: float = 0.3,
+    div: float = 5.0,
+    div_final: float = 1e5,
+    moms: tuple[float, float, float] | None = (0.95, 0.85, 0.95),
+) -> CycleSchedule:
+    """fastai's ``Learner.fine_tune`` over the run's epochs, for a pretrained model: freeze()
+    (every split but the classifier fixed, their norm layers trained), ``fit_one_cycle(
+    freeze_epochs, slice(base_lr), pct_start=0.99)``, then base_lr halved, unfreeze() and
+    ``fit_one_cycle(the other epochs, slice(base_lr / lr_mult, base_lr), pct_start, div)``.
+    slice(b) gives the classifier b and every other split b/10; slice(a, b) spreads the splits
+    from a to b (even_mults). freeze() and unfreeze() each start with fresh optimizer state.
+    ``phases`` are (steps per epoch, epochs), as the run's resize phases give them."""
+    per_epoch = [steps for steps, epochs in phases for _ in range(epochs)]
+    if not 0 < freeze_epochs < len(per_epoch):
+        raise ValueError(
+            f"schedule.freeze_epochs={freeze_epochs}: the run has {len(per_epoch)} epochs: "
+            "freeze fewer, leaving at least one to train unfrozen"
+        )
+    splits = 1 + max(group.get("split", 0) for group in optimizer.param_groups)
+    frozen = Cycle(
+        sum(per_epoch[:freeze_epochs]),
+        base_lr,
+        25.0,
+        div_final,
+        0.99,
+        True,
+        [0.1] * (splits - 1) + [1.0],
+        True,
+    )
+    unfrozen = Cycle(
+        sum(per_epoch[freeze_epochs:]),
+        base_lr / 2,
+        div,
+        div_final,
+        pct_start,
+        True,
+        even_mults(1 / lr_mult, 1, splits),
+    )
+    return CycleSchedule(optimizer, [frozen, unfrozen], moms)
