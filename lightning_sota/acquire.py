@@ -28,15 +28,23 @@ ARCHIVES: dict[str, tuple[str, str]] = {
 }
 
 
+VALID_NAMES = ("val", "valid")  # Imagenette's name, and fastai's own default (GrandparentSplitter)
+
+
+def valid_folder(folder: Path) -> Path | None:
+    """``folder``'s validation split: ``val/``, else ``valid/``; None without either."""
+    return next((folder / n for n in VALID_NAMES if (folder / n).is_dir()), None)
+
+
 def has_splits(folder: Path) -> bool:
-    return (folder / "train").is_dir() and (folder / "val").is_dir()
+    return (folder / "train").is_dir() and valid_folder(folder) is not None
 
 
 def resolve_root(
     root: str | Path, variant: str = "160px", download: bool = True, base_url: str = BASE_URL
 ) -> Path:
-    """Return the folder holding ``train/`` and ``val/``: ``root`` itself, the archive's folder
-    inside it (``root/imagenette2-160``), or that folder freshly downloaded."""
+    """Return the folder holding ``train/`` and ``val/`` (or ``valid/``): ``root`` itself, the
+    archive's folder inside it (``root/imagenette2-160``), or that folder freshly downloaded."""
     root = Path(root).expanduser().resolve()
     if has_splits(root):
         return root

@@ -80,6 +80,8 @@ def check_config(cfg: DictConfig) -> None:
     valid_scale = cfg.augment.get("valid_scale", 1.0)
     if not 0 < valid_scale <= 1:
         raise ConfigError(f"augment.valid_scale={valid_scale}: use a side fraction in (0, 1]")
+    if not 0 <= cfg.data.get("valid_pct", 0) < 1:
+        raise ConfigError(f"data.valid_pct={cfg.data.valid_pct}: must be a fraction in [0, 1)")
     if not 0 <= cfg.data.get("holdout", 0) < 1:
         raise ConfigError(f"data.holdout={cfg.data.holdout}: must be a fraction in [0, 1)")
     if cfg.augment.pad_mode not in ("reflection", "border"):

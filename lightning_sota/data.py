@@ -19,7 +19,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .acquire import resolve_root
+from .acquire import has_splits, resolve_root, valid_folder
 from .cache import ImageCache, build_cache
 from .checks import check_batch_split
 from .errors import DataError
@@ -196,6 +196,8 @@ class ImagenetteDataModule(pl.LightningDataModule):
         epochs_per_phase: int | None = None,
         overfit_batches: int = 0,
         on_device: bool | None = None,
+        valid_pct: float = 0.0,
+        split_seed: int = 42,
     ) -> None:
         super().__init__()
         self.root_arg = root
@@ -212,6 +214,8 @@ class ImagenetteDataModule(pl.LightningDataModule):
         self.seed = seed
         self.holdout, self.holdout_seed = holdout, holdout_seed
         self.on_device = on_device
+        # a single folder of class folders: valid_pct of it drawn (by split_seed) for validation
+        self.valid_pct, self.split_seed = valid_pct, split_seed
         self.resident: dict[tuple[str, int], DeviceImages] = {}
         self.placed_on: torch.device | None = None  # where batches are gathered: see place()
         self.epoch = 0
@@ -256,10 +260,16 @@ class ImagenetteDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._ready:
             return
-        kwargs = {"base_url": self.base_url} if self.base_url else {}
-        self.root = resolve_root(self.root_arg, self.variant, self.download, **kwargs)
-        self.wnids, train_files, train_labels = scan_split(self.root / "train")
-        _, val_files, val_labels = scan_split(self.root / "val", self.wnids)
+        if self.valid_pct:
+            self.root = Path(self.root_arg).expanduser().resolve()
+            self.wnids, (train_files, train_labels), (val_files, val_labels) = random_split(
+                self.root, self.valid_pct, self.split_seed
+            )
+        else:
+            kwargs = {"base_url": self.base_url} if self.base_url else {}
+            self.root = resolve_root(self.root_arg, self.variant, self.download, **kwargs)
+            self.wnids, train_files, train_labels = scan_split(self.root / "train")
+            _, val_files, val_labels = scan_split(valid_folder(self.root), self.wnids)
         self.classes = [IMAGENETTE_CLASSES.get(w, w) for w in self.wnids]
 
         start = time.perf_counter()
@@ -288,6 +298,7 @@ class ImagenetteDataModule(pl.LightningDataModule):
         self.train_index, self.holdout_index = stratified_split(
             self.train_index, train_labels, self.holdout, self.holdout_seed
         )
+        self.train_files, self.val_files = train_files, val_files
         self.train_caches, self.val_caches = train_caches, val_caches
         self.train_labels, self.val_labels = train_labels, val_labels
         self._ready = True
@@ -380,10 +391,34 @@ class ImagenetteDataModule(pl.LightningDataModule):
             "val": len(self.val_index),
             "holdout": len(self.holdout_index),
             "holdout_seed": self.holdout_seed if len(self.holdout_index) else None,
+            "valid_pct": self.valid_pct or None,
+            "split_seed": self.split_seed if self.valid_pct else None,
             "classes": self.classes,
             "skipped": self.skipped,
             "on_device": self.on_device,
         }
+
+
+def random_split(
+    root: Path, valid_pct: float, seed: int
+) -> tuple[list[str], tuple[list[Path], np.ndarray], tuple[list[Path], np.ndarray]]:
+    """fastai's RandomSplitter(valid_pct, seed) over one folder of class folders: classes,
+    (train files, labels), (validation files, labels). The permutation is torch's, seeded, as
+    fastai draws it (its file order comes from os.walk, ours is sorted)."""
+    if has_splits(root):
+        raise DataError(
+            f"data.valid_pct={valid_pct} but {root} already has train/ and val/: remove data.valid_pct, "
+            "or point data.root at a single folder of class folders"
+        )
+    if not root.is_dir():
+        raise DataError(f"data.root={root} is not a folder: data.valid_pct splits a folder of class folders")
+    classes, files, labels = scan_split(root)
+    order = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed)).numpy()
+    cut = int(valid_pct * len(files))
+    valid, train = np.sort(order[:cut]), np.sort(order[cut:])
+    if not cut or not len(train):
+        raise DataError(f"data.valid_pct={valid_pct} of {len(files)} images leaves a split empty")
+    return classes, ([files[i] for i in train], labels[train]), ([files[i] for i in valid], labels[valid])
 
 
 def stratified_split(

@@ -27,7 +27,12 @@ def summarize(cfg: DictConfig, run: Run, train_seconds: float, test_seconds: flo
     held = dataset["holdout"]
     # Which images each accuracy was measured on; selection (sweeps, recipe tuning) reads
     # holdout_acc when there is one, so the val split stays a report.
-    splits = {"val_acc": f"val: the official validation split ({dataset['val']} images)"}
+    if dataset["valid_pct"]:
+        seed = dataset["split_seed"]
+        where = f"a random {dataset['valid_pct']:.0%} of {dataset['root']} (data.split_seed={seed})"
+    else:
+        where = "the dataset's validation folder"
+    splits = {"val_acc": f"val: {where} ({dataset['val']} images)"}
     splits["tta_acc"] = splits["val_acc"]
     if held:
         splits["holdout_acc"] = (

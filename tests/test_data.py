@@ -165,3 +165,38 @@ def test_on_device_decision():
         r"4.0 GiB free on cuda:0: set data.on_device=false to gather on the host",
     ):
         resident_device(True, cuda, 3 * gib, 4 * gib)
+
+
+def test_a_valid_folder_is_read_as_val(image_folder, tmp_path):
+    """fastai's own default name for the validation folder (GrandparentSplitter's valid_name)."""
+    (image_folder / "val").rename(image_folder / "valid")
+    dm = datamodule(image_folder, tmp_path)
+    assert dm.summary()["val"] == 3 * 4 and dm.summary()["train"] == 3 * 12
+    assert dm.classes == ["birds", "cats", "dogs"]
+
+
+def test_valid_pct_splits_one_folder_of_class_folders(tmp_path):
+    """data.valid_pct: as fastai's RandomSplitter, int(valid_pct * n) images drawn by the seed
+    for validation, the rest trained on; every image in exactly one split."""
+    root = tmp_path / "pets"
+    for c, name in enumerate(("cats", "dogs")):
+        for i in range(15):
+            write_image(root / name / f"{i}.jpg", (64, 48), (40 + 100 * c, 80, 90), seed=i + 50 * c)
+
+    dm = datamodule(root, tmp_path, valid_pct=0.2, split_seed=1)
+    assert dm.summary()["val"] == int(0.2 * 30) == 6 and dm.summary()["train"] == 24
+    assert dm.summary()["valid_pct"] == 0.2 and dm.summary()["split_seed"] == 1
+    assert dm.classes == ["cats", "dogs"]
+    again = datamodule(root, tmp_path, valid_pct=0.2, split_seed=1)
+    other = datamodule(root, tmp_path, valid_pct=0.2, split_seed=2)
+    assert list(dm.val_labels) == list(again.val_labels)
+    assert dm.val_files == again.val_files and dm.val_files != other.val_files
+    assert not set(dm.val_files) & set(dm.train_files)
+    assert sorted(dm.val_files + dm.train_files) == sorted(root.rglob("*.jpg"))
+
+
+def test_valid_pct_on_a_folder_that_has_splits_is_refused(image_folder, tmp_path):
+    with pytest.raises(
+        DataError, match=r"data.valid_pct=0.2 but .* already has train/ and val/: remove data.valid_pct"
+    ):
+        datamodule(image_folder, tmp_path, valid_pct=0.2)
