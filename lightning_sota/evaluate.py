@@ -1,11 +1,12 @@
-"""Score a trained checkpoint without training: accuracy on a split, and fastai TTA with --tta.
+"""Score a trained checkpoint without training: accuracy on a split, top-5, per-class accuracy,
+precision, recall and F1, calibration error and most_confused, and fastai TTA with --tta.
 
     lightning-sota-evaluate outputs/runs/sota/<time> [data.root=...] [--tta] [--split val|holdout]
 
 The checkpoint's own config rebuilds the run's pieces: the data at the final phase's size and
 validation batch size, the model and its weights, normalization, augmentation, TTA and
-precision; Lightning's test loop scores them. So on the run's data it gives the run's val_acc,
-and with --tta its tta_acc (the TTA draws are seeded). Overrides may move the data or the
+precision. So on the run's data it gives the run's val_acc, and with --tta (Lightning's test loop)
+its tta_acc (the TTA draws are seeded). Overrides may move the data or the
 device (checkpoint.FREE["evaluate"]), nothing else; a dataset whose classes differ from the
 checkpoint's is refused. Writes ``eval.json`` into the run folder (beside ``checkpoints/``).
 """
@@ -22,6 +23,7 @@ from .checkpoint import FREE, restore, scoring_data
 from .cli import one_line_errors
 from .errors import ConfigError
 from .files import write_json
+from .interpret import predictions, scores
 
 
 def evaluate(target: str, overrides: list[str], tta: bool = False, split: str = "val") -> dict:
@@ -30,23 +32,27 @@ def evaluate(target: str, overrides: list[str], tta: bool = False, split: str = 
     # train is not offered: its loader shuffles and drops the last partial batch
     if split not in ("val", "holdout") or (split == "holdout" and not len(data.holdout_index)):
         raise ConfigError(f"--split {split}: use val, or holdout (only for a run with data.holdout)")
-    data.test_split = split
-    tta_cb = run.tta() if tta else None
     trainer = run.trainer
-    if tta_cb:
-        trainer.callbacks.append(tta_cb)
     start = time.perf_counter()
-    (scores,) = trainer.test(run.module, datamodule=data, verbose=False)
-    index = data.val_index if split == "val" else data.holdout_index
+    # one pass over the whole split on the scoring device, in the run's precision
+    data.place(trainer.strategy.root_device)
+    run.module.to(trainer.strategy.root_device)
+    logits, labels, _ = predictions(run.module, data, trainer, split)
+    tta_cb = run.tta() if tta else None
+    if tta_cb:  # fastai's TTA through Lightning's test loop (after the pass: its teardown moves the module)
+        data.test_split = split
+        trainer.callbacks.append(tta_cb)
+        trainer.test(run.module, datamodule=data, verbose=False)
     result = {
         "checkpoint": str(run.path),
         "split": split,
-        "images": len(index),
+        "images": len(labels),
         "data_root": str(data.root),
         "size": run.size,
         "precision": str(trainer.precision),
-        "accuracy": round(scores["test_acc"], 5),
+        "accuracy": round((logits.argmax(1) == labels).float().mean().item(), 5),
         "tta_acc": tta_cb.accuracy if tta_cb else None,
+        **scores(logits, labels, run.classes),
         "seconds": round(time.perf_counter() - start, 2),
     }
     write_json(run.run_dir / "eval.json", result)

@@ -1,5 +1,6 @@
-"""fastai's ClassificationInterpretation, for every run: per-class and top-5 accuracy in
-results.json, ``confusion_matrix.png``, ``top_losses.png`` and ``curves.png`` in its folder.
+"""fastai's ClassificationInterpretation, for every run: top-5 accuracy, per-class accuracy,
+precision, recall and F1, calibration error and most_confused in results.json;
+``confusion_matrix.png``, ``top_losses.png`` and ``curves.png`` in its folder.
 
 The metrics and the confusion-matrix plot are torchmetrics'; the predictions come from one pass
 over the whole val split with the trained model, on the run's device in the precision the
@@ -19,7 +20,14 @@ import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from torch import Tensor  # noqa: E402
-from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix  # noqa: E402
+from torchmetrics.classification import (  # noqa: E402
+    MulticlassAccuracy,
+    MulticlassCalibrationError,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
 
 from .callbacks import History  # noqa: E402
 from .data import ImagenetteDataModule  # noqa: E402
@@ -32,13 +40,13 @@ LOCAL = {"sync_on_compute": False, "dist_sync_on_step": False}
 
 @torch.no_grad()
 def predictions(
-    module: ImageClassifier, data: ImagenetteDataModule, trainer: pl.Trainer
+    module: ImageClassifier, data: ImagenetteDataModule, trainer: pl.Trainer, split: str = "val"
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Logits (fp32), labels and image indices of the whole val split, at the final size."""
+    """Logits (fp32), labels and image indices of a whole split, at the final size."""
     module.eval()
     logits, labels, index = [], [], []
     with trainer.precision_plugin.val_step_context():
-        for batch in data.whole_split_loader("val"):
+        for batch in data.whole_split_loader(split):
             batch = {k: v.to(module.device) if torch.is_tensor(v) else v for k, v in batch.items()}
             logits.append(module(module.prepare(batch, train=False)).float().cpu())
             labels.append(batch["label"].cpu())
@@ -46,21 +54,42 @@ def predictions(
     return torch.cat(logits), torch.cat(labels), torch.cat(index)
 
 
-def accuracies(logits: Tensor, labels: Tensor, classes: list[str]) -> dict:
-    """Top-5 and per-class accuracy (torchmetrics), for results.json."""
+def most_confused(logits: Tensor, labels: Tensor, classes: list[str], min_val: int = 1) -> list[list]:
+    """fastai's ClassificationInterpretation.most_confused: [actual, predicted, count] for every
+    pair of different classes confused at least ``min_val`` times, the most frequent first."""
+    matrix = MulticlassConfusionMatrix(len(classes), **LOCAL)(logits, labels).fill_diagonal_(0)
+    pairs = [(matrix[i, j].item(), i, j) for i, j in zip(*torch.where(matrix >= min_val), strict=True)]
+    return [[classes[i], classes[j], count] for count, i, j in sorted(pairs, key=lambda p: -p[0])]
+
+
+def scores(logits: Tensor, labels: Tensor, classes: list[str]) -> dict:
+    """What results.json and evaluate report beyond the accuracy (torchmetrics): top-5 and
+    per-class accuracy; per class, precision, recall (the class's accuracy) and F1; the expected
+    calibration error of the softmax probabilities (15 bins, L1); fastai's most_confused."""
     n = len(classes)
-    per_class = MulticlassAccuracy(n, average=None, **LOCAL)(logits, labels)
+
+    def per_class(metric) -> list[float]:
+        return [round(v.item(), 5) for v in metric(n, average=None, **LOCAL)(logits, labels)]
+
+    precision, recall, f1 = (per_class(m) for m in (MulticlassPrecision, MulticlassRecall, MulticlassF1Score))
     top5 = MulticlassAccuracy(n, top_k=min(5, n), average="micro", **LOCAL)(logits, labels)
+    calibration = MulticlassCalibrationError(n, n_bins=15, norm="l1", **LOCAL)(logits.softmax(1), labels)
     return {
         "top5_acc": round(top5.item(), 5),
-        "per_class_acc": {c: round(a.item(), 5) for c, a in zip(classes, per_class, strict=True)},
+        "per_class_acc": dict(zip(classes, recall, strict=True)),
+        "per_class": {
+            c: {"precision": p, "recall": r, "f1": f}
+            for c, p, r, f in zip(classes, precision, recall, f1, strict=True)
+        },
+        "calibration_error": round(calibration.item(), 5),
+        "most_confused": most_confused(logits, labels, classes),
     }
 
 
 def plot_confusion_matrix(logits: Tensor, labels: Tensor, classes: list[str], path: Path) -> None:
     matrix = MulticlassConfusionMatrix(len(classes), **LOCAL)
     matrix.update(logits, labels)
-    fig, ax = matrix.plot(labels=classes)
+    fig, ax = matrix.plot(labels=classes)  # the metric's own plot: it needs the updated metric
     ax.set_title("Confusion matrix (val split; rows: actual, columns: predicted)")
     ax.set_xlabel("predicted")
     ax.set_ylabel("actual")
@@ -145,7 +174,7 @@ def interpret(
     plot_confusion_matrix(logits, labels, module.classes, folder / "confusion_matrix.png")
     plot_top_losses(module, data, logits, labels, index, folder / "top_losses.png")
     plot_curves(history, folder / "curves.png")
-    return accuracies(logits, labels, module.classes)
+    return scores(logits, labels, module.classes)
 
 
 class Interpretation(pl.Callback):

@@ -26,6 +26,9 @@ def test_evaluate_reproduces_the_run_and_refuses_other_data(trained_run, tmp_pat
     assert scored["images"] == 200 and scored["size"] == results["phases"][-1]["size"]
     assert scored["accuracy"] == results["val_acc"]  # exactly: same pieces, same precision
     assert scored["tta_acc"] == results["tta_acc"]  # the TTA draws are seeded, not left to the RNG
+    # the interpretation's scores, from the same predictions as the run's own
+    for key in ("top5_acc", "per_class_acc", "per_class", "calibration_error", "most_confused"):
+        assert scored[key] == results[key], key
 
     # other classes: one line naming both lists, nothing written over eval.json
     other = tmp_path / "other"

@@ -1,6 +1,8 @@
-"""Interpretation: accuracies against hand counts, top losses against the images they name."""
+"""Interpretation: scores against hand counts, top losses against the images they name."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -27,9 +29,23 @@ def test_accuracies_match_a_hand_count():
             [6.0, 5, 1, 2, 3, 4],
         ]
     )
-    got = interpret.accuracies(logits, labels, classes)
+    got = interpret.scores(logits, labels, classes)
     assert got["top5_acc"] == pytest.approx(5 / 6, abs=1e-5)  # all but the 6th-ranked
     assert got["per_class_acc"] == {"a": 0.5, "b": 0.5, "c": 0.0, "d": 0.0, "e": 0.0, "f": 0.0}
+    # predicted [a, b, b, a, a, a] for [a, a, b, b, c, f]: a is predicted 4 times, right once
+    assert got["per_class"]["a"] == {"precision": 0.25, "recall": 0.5, "f1": pytest.approx(1 / 3, abs=1e-5)}
+    assert got["per_class"]["b"] == {"precision": 0.5, "recall": 0.5, "f1": 0.5}
+    assert got["per_class"]["c"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0}
+    # fastai's most_confused: (actual, predicted, count), most frequent first
+    assert got["most_confused"] == [["a", "b", 1], ["b", "a", 1], ["c", "a", 1], ["f", "a", 1]]
+
+
+def test_calibration_error_is_the_gap_between_confidence_and_accuracy():
+    """Four predictions of confidence 0.75 (logits ln 3 and 0), half of them right: one bin, ECE
+    |0.75 - 0.5|."""
+    logits = torch.tensor([[math.log(3), 0.0]] * 4)
+    got = interpret.scores(logits, torch.tensor([0, 0, 1, 1]), ["x", "y"])
+    assert got["calibration_error"] == pytest.approx(0.25, abs=1e-5)
 
 
 def test_top_losses_show_the_images_they_name(tmp_path, mini, monkeypatch):
