@@ -12,6 +12,7 @@ runs building the same cache at once both end with one valid copy.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -77,18 +78,21 @@ def upright_size(img: Image.Image) -> tuple[int, int]:
     return img.size[::-1] if _turned(img) else img.size
 
 
-def load_image(path: Path, short: int, long: int, transposed: bool) -> np.ndarray:
+def load_image(path: Path | Image.Image, short: int, long: int, transposed: bool) -> np.ndarray:
     """Decode to RGB (greyscale, CMYK, RGBA and palette images converted), turned upright by its
-    EXIF orientation, at short×long."""
-    with Image.open(path) as img:
+    EXIF orientation, at short×long. ``path`` may be an image already open (predict.py's API)."""
+    opened = isinstance(path, str | Path)
+    with Image.open(path) if opened else contextlib.nullcontext(path) as img:
         w, h = upright_size(img)
         src_short, src_long = (w, h) if transposed else (h, w)
         # Resize so the short side fits, then centre-crop the long side if it was capped.
         scale = short / src_short
         full_long = max(long, round(src_long * scale))
         target = (full_long, short) if not transposed else (short, full_long)
-        # libjpeg decodes at 1/2, 1/4, 1/8 scale (much faster), asked in the file's own orientation
-        img.draft("RGB", target[::-1] if _turned(img) else target)
+        # libjpeg decodes at 1/2, 1/4, 1/8 scale (much faster), asked in the file's own
+        # orientation; a caller's own image is left as it was given
+        if opened:
+            img.draft("RGB", target[::-1] if _turned(img) else target)
         img = ImageOps.exif_transpose(img).convert("RGB").resize(target, Image.Resampling.BILINEAR)
         arr = np.asarray(img)
     if transposed:

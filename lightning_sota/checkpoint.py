@@ -5,6 +5,7 @@ checked, the run's own config with the overrides its command may apply, and its 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -191,13 +192,20 @@ def scoring_data(run: Restored) -> ImagenetteDataModule:
 
 def scoring_trainer(cfg: DictConfig) -> pl.Trainer:
     """A one-device Trainer in the run's accelerator and precision, for scoring only: its
-    precision plugin gives evaluate's test loop and predict's batches the run's autocast."""
-    return pl.Trainer(
-        accelerator=cfg.trainer.accelerator,
-        devices=1,
-        precision=cfg.trainer.precision,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    precision plugin gives evaluate's test loop and predict's batches the run's autocast. Made
+    quietly: the device lines Lightning prints for a fit would be noise before predict's output."""
+    lightning = logging.getLogger("pytorch_lightning")
+    level = lightning.level
+    lightning.setLevel(logging.WARNING)
+    try:
+        return pl.Trainer(
+            accelerator=cfg.trainer.accelerator,
+            devices=1,
+            precision=cfg.trainer.precision,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+    finally:
+        lightning.setLevel(level)

@@ -1,6 +1,11 @@
-"""Export a trained checkpoint to ONNX, its normalization inside the graph.
+"""Export a trained checkpoint to ONNX, its normalization inside the graph, or to timm's
+Hugging Face layout.
 
     lightning-sota-export outputs/runs/sota/<time> --onnx model.onnx
+    lightning-sota-export outputs/runs/sota/<time> --timm shared-model/
+
+--timm writes what ``timm.create_model("local-dir:shared-model", pretrained=True)`` loads;
+--push-to-hub <user/repo> uploads the same through timm's ``push_to_hf_hub``. For ONNX:
 
 The graph takes ``image``: float32 [batch, 3, S, S], RGB in [0, 1], at the run's final size S
 (predict's centre view before normalization: the centre square, its side times the run's
@@ -77,14 +82,85 @@ def export_onnx(target: str | Path, out: str | Path) -> dict:
     return meta
 
 
+def timm_model(target: str | Path) -> tuple[nn.Module, dict]:
+    """The run's network as timm rebuilds it, and what timm's ``save_for_hf`` / ``push_to_hf_hub``
+    record with it: the label names and the preprocessing (mean/std, input size, centre crop)."""
+    run = restore(target, "export", ["trainer.accelerator=cpu", "trainer.precision=32-true"])
+    model = run.module.model.eval()
+    if run.config.model.get("blur_pool"):
+        raise ConfigError(
+            "--timm: timm's config cannot describe the MaxBlurPool stem (model.blur_pool=true): timm "
+            "would rebuild a max-pool stem, load the weights into it and compute other logits; use --onnx"
+        )
+    if not hasattr(model, "pretrained_cfg"):
+        raise ConfigError(f"--timm: {type(model).__name__} is not a timm model: use --onnx")
+    stats = run.module.normalize.stats() or {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
+    data_config = {
+        "input_size": (3, run.size, run.size),
+        "mean": tuple(stats["mean"]),
+        "std": tuple(stats["std"]),
+        # predict's view: the centre square, its side times valid_scale, resized to the size
+        "crop_pct": run.module.augment.valid_scale,
+        "crop_mode": "center",
+        "interpolation": "bilinear",
+    }
+    model.to(memory_format=torch.contiguous_format)  # safetensors stores contiguous tensors
+    shared = {
+        "model_config": {"label_names": run.classes},
+        "data_config": data_config,
+        "safe_serialization": True,
+    }
+    return model, shared
+
+
+def export_timm(target: str | Path, out: str | Path) -> dict:
+    """Write ``out`` as timm's Hugging Face folder with timm's own ``save_for_hf`` (config.json and
+    safetensors weights): ``timm.create_model("local-dir:<out>", pretrained=True)`` rebuilds the
+    model. Returns the data config recorded."""
+    import timm
+
+    model, shared = timm_model(target)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with staged(out) as stage:
+        stage.path.mkdir()
+        timm.models.save_for_hf(model, str(stage.path), **shared)
+    return shared["data_config"]
+
+
+def push_timm(target: str | Path, repo: str) -> None:
+    """Upload the run as ``export_timm`` writes it to the Hugging Face Hub repository ``repo``
+    (timm's ``push_to_hf_hub``; huggingface_hub's login or HF_TOKEN)."""
+    import timm
+
+    model, shared = timm_model(target)
+    try:
+        timm.models.push_to_hf_hub(model, repo, **shared)
+    except Exception as err:  # no network, no login, no such repository: one line
+        raise ConfigError(f"--push-to-hub {repo}: {type(err).__name__}: {str(err).splitlines()[0]}") from err
+
+
 @one_line_errors
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("checkpoint", help="a checkpoint file or a run folder")
-    parser.add_argument("--onnx", required=True, help="the .onnx file to write")
+    written = parser.add_mutually_exclusive_group(required=True)
+    written.add_argument("--onnx", help="the .onnx file to write")
+    written.add_argument("--timm", help="a folder to write timm's Hugging Face layout into")
+    written.add_argument(
+        "--push-to-hub", metavar="REPO", help="upload that layout to a Hugging Face repository"
+    )
     args = parser.parse_args(argv)
+    if args.push_to_hub:
+        push_timm(args.checkpoint, args.push_to_hub)
+        print(f'uploaded: timm.create_model("hf-hub:{args.push_to_hub}", pretrained=True) loads it')
+        return 0
+    if args.timm:
+        export_timm(args.checkpoint, args.timm)
+        print(f'{args.timm}: timm.create_model("local-dir:{args.timm}", pretrained=True) loads it')
+        return 0
     meta = export_onnx(args.checkpoint, args.onnx)
     size = meta["input"]["shape"][2]
     print(

@@ -2,7 +2,7 @@
 
     lightning-sota-predict outputs/runs/sota/<time> photo.jpg folder/ [--tta]
 
-From Python: ``Predictor(run folder or checkpoint).predict([paths])`` yields (path, probabilities).
+From Python: ``load_run(run folder or checkpoint).predict(image)`` -> (label, probabilities).
 
 Each image goes through the run's own steps: decoded upright (phones store photos sideways with an
 EXIF orientation tag) and presized as the cache does, the validation centre crop at the final
@@ -34,23 +34,45 @@ from .cli import one_line_errors
 from .data import IMAGE_SUFFIXES
 from .locks import usable_cpus
 
+Item = str | Path | Image.Image | torch.Tensor
 
-class ImageFiles(Dataset):
-    """Image files decoded as the cache decodes them: upright, short side at ``presize``, stored
-    landscape. An unreadable file gives its error message instead of pixels."""
 
-    def __init__(self, paths: list[Path], presize: int, max_aspect: float) -> None:
-        self.paths, self.presize, self.max_aspect = paths, presize, max_aspect
+@contextlib.contextmanager
+def opened(item: Item) -> Iterator[Image.Image]:
+    """An image file opened, a PIL image as it is, or a uint8 image tensor ([3, H, W] as
+    torchvision.io.decode_image gives it, or [H, W, 3]) as a PIL image."""
+    if isinstance(item, str | Path):
+        with Image.open(item) as img:
+            yield img
+    elif isinstance(item, Image.Image):
+        yield item
+    elif torch.is_tensor(item) and item.dtype == torch.uint8 and item.ndim == 3:
+        yield Image.fromarray(
+            (item.permute(1, 2, 0) if item.shape[0] in (1, 3) else item).squeeze(-1).numpy()
+        )
+    else:
+        raise TypeError(f"not an image: {type(item).__name__} (a path, a PIL image or a uint8 image tensor)")
+
+
+class Images(Dataset):
+    """Images (files, PIL images or uint8 tensors) decoded as the cache decodes them: upright,
+    short side at ``presize``, stored landscape. An unreadable one gives its error message instead
+    of pixels."""
+
+    def __init__(self, items: list[Item], presize: int, max_aspect: float) -> None:
+        self.items, self.presize, self.max_aspect = items, presize, max_aspect
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.items)
 
     def __getitem__(self, i: int) -> tuple[int, np.ndarray | str, bool]:
         try:
-            with Image.open(self.paths[i]) as img:
-                size = upright_size(img)
-            short, long, transposed = stored_shape(size, self.presize, self.max_aspect)
-            return i, load_image(self.paths[i], short, long, transposed), transposed
+            item = self.items[i]
+            with opened(item) as img:
+                short, long, transposed = stored_shape(upright_size(img), self.presize, self.max_aspect)
+                # a file is decoded from its path, as the cache decodes it (libjpeg's draft scale)
+                source = item if isinstance(item, str | Path) else img
+                return i, load_image(source, short, long, transposed), transposed
         except Exception as err:  # any unreadable file is named and skipped, never fatal
             return i, f"{type(err).__name__}: {err}", False
 
@@ -78,7 +100,13 @@ def cache_batch(items: list[tuple[int, np.ndarray | str, bool]], size: int) -> d
 
 
 class Predictor:
-    """A checkpoint's module (model, normalization, augmentation) on the run's device and precision."""
+    """A trained run, ready to classify: the checkpoint's module (model, normalization,
+    augmentation) on the run's device and in its precision. ``load_run`` makes one.
+
+    ``predict(item)`` -> (label, probabilities) for an image file, a PIL image or a uint8 image
+    tensor; ``predict_batch(items)`` for many; ``predict_files`` streams files as the command line
+    does. ``classes``, ``model`` (the torch network) and ``preprocess`` (an item -> the
+    normalized [3, size, size] input the model takes) are there to use directly."""
 
     def __init__(
         self, checkpoint: str | Path, accelerator: str | None = None, precision: str | None = None
@@ -92,11 +120,14 @@ class Predictor:
         self.module = self.run.module.to(self.device)
         self.tta = self.run.tta()
 
-    def loader(self, paths: list[Path], batch_size: int = 64, workers: int | None = None) -> DataLoader:
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.module.model
+
+    def loader(self, items: list[Item], batch_size: int = 64, workers: int | None = None) -> DataLoader:
         workers = min(4, usable_cpus()) if workers is None else workers
-        files = ImageFiles(paths, self.run.presize, self.run.max_aspect)
         return DataLoader(
-            files,
+            Images(items, self.run.presize, self.run.max_aspect),
             batch_size=batch_size,
             num_workers=workers,
             collate_fn=functools.partial(cache_batch, size=self.size),
@@ -111,10 +142,10 @@ class Predictor:
             centre = self.module.predict_probs(self.module.prepare(batch, train=False))
             return (self.tta.predict(self.module, batch, centre) if tta else centre).float()
 
-    def predict(
-        self, paths: list[Path], tta: bool = False, batch_size: int = 64, workers: int | None = None
-    ) -> Iterator[tuple[Path, torch.Tensor | str]]:
-        """(path, probabilities) per readable image, (path, error) per unreadable one, in order.
+    def predict_files(
+        self, paths: list[Item], tta: bool = False, batch_size: int = 64, workers: int | None = None
+    ) -> Iterator[tuple[Item, torch.Tensor | str]]:
+        """(item, probabilities) per readable image, (item, error) per unreadable one, in order.
         TTA draws are seeded by the run's tta.seed, as evaluate's are."""
         with contextlib.ExitStack() as stack:
             if tta:
@@ -127,6 +158,37 @@ class Predictor:
                     results |= dict(zip(batch["index"].tolist(), self.probs(batch, tta).cpu(), strict=True))
                 for i in sorted(results):
                     yield paths[i], results[i]
+
+    def predict_batch(
+        self, items: list[Item], tta: bool = False, batch_size: int = 64
+    ) -> list[tuple[str, torch.Tensor]]:
+        """(label, probabilities over ``classes``) for each item; an unreadable one is an error."""
+        workers = None if all(isinstance(i, str | Path) for i in items) else 0  # in memory already
+        out = []
+        for item, probs in self.predict_files(list(items), tta, batch_size, workers):
+            if isinstance(probs, str):
+                raise ValueError(f"{item if isinstance(item, str | Path) else type(item).__name__}: {probs}")
+            out.append((self.classes[int(probs.argmax())], probs))
+        return out
+
+    def predict(self, item: Item, tta: bool = False) -> tuple[str, torch.Tensor]:
+        """(label, probabilities over ``classes``) for one image file, PIL image or uint8 tensor."""
+        return self.predict_batch([item], tta)[0]
+
+    @torch.no_grad()
+    def preprocess(self, item: Item) -> torch.Tensor:
+        """The normalized [3, size, size] input ``model`` takes for ``item`` (on the CPU, fp32)."""
+        batch = cache_batch([Images([item], self.run.presize, self.run.max_aspect)[0]], self.size)
+        if batch["failed"]:
+            raise ValueError(batch["failed"][0][1])
+        batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        return self.module.prepare(batch, train=False)[0].float().cpu()
+
+
+def load_run(run: str | Path, accelerator: str | None = None, precision: str | None = None) -> Predictor:
+    """A trained run (its folder or a checkpoint) to classify with, as fastai's load_learner:
+    ``load_run(folder).predict("photo.jpg")`` -> (label, probabilities)."""
+    return Predictor(run, accelerator, precision)
 
 
 def image_paths(paths: list[str]) -> list[Path]:
@@ -156,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     predictor = Predictor(args.checkpoint, args.accelerator, args.precision)
     paths = image_paths(args.paths)
     failed, start = 0, time.perf_counter()
-    for path, probs in predictor.predict(paths, args.tta, args.batch_size, args.workers):
+    for path, probs in predictor.predict_files(paths, args.tta, args.batch_size, args.workers):
         if isinstance(probs, str):
             print(f"skipped {path}: {probs}", file=sys.stderr)
             failed += 1

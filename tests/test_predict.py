@@ -17,7 +17,7 @@ from lightning_sota.checkpoint import restore, scoring_data
 from lightning_sota.data import scan_split
 from lightning_sota.evaluate import evaluate
 from lightning_sota.interpret import predictions
-from lightning_sota.predict import ImageFiles, cache_batch
+from lightning_sota.predict import Images, cache_batch
 
 from .conftest import COLOURS, run_cli, write_image
 
@@ -46,7 +46,7 @@ def test_phone_photos_come_out_upright(tmp_path, orientation, stored):
     upright.transpose(stored).save(path, quality=95, exif=exif)
     with Image.open(path) as img:
         assert upright_size(img) == (96, 64)  # landscape, as a person sees it
-    _, arr, transposed = ImageFiles([path], presize=32, max_aspect=2.0)[0]
+    _, arr, transposed = Images([path], presize=32, max_aspect=2.0)[0]
     assert arr.shape == (32, 48, 3) and not transposed
     means = [arr[:16, :24].mean((0, 1)), arr[:16, 24:].mean((0, 1)), arr[16:, :24].mean((0, 1))]
     assert means[0][0] > 200 and means[0][1:].max() < 60  # red top-left
@@ -59,7 +59,7 @@ def test_unreadable_files_are_named_not_fatal(tmp_path):
     bad.write_bytes(b"not a jpeg")
     good = tmp_path / "good.png"
     quadrants(40, 30).save(good)
-    batch = cache_batch([ImageFiles([bad, good], 24, 4 / 3)[i] for i in (0, 1)], size=16)
+    batch = cache_batch([Images([bad, good], 24, 4 / 3)[i] for i in (0, 1)], size=16)
     assert batch["index"].tolist() == [1] and batch["image"].shape == (1, 24, 32, 3)
     ((index, message),) = batch["failed"]
     assert index == 0 and "cannot identify image file" in message
@@ -79,7 +79,7 @@ def test_batches_give_the_caches_validation_view(tmp_path):
         "size": 32,
     }
     want = BatchAugment()(from_cache, train=False)
-    files = ImageFiles(files, 66, 4 / 3)
+    files = Images(files, 66, 4 / 3)
     whole = cache_batch([files[i] for i in idx], size=32)  # one box for all: the cache's
     assert whole["transposed"].tolist() == from_cache["transposed"].tolist() == [0, 1, 0, 0, 1, 0]
     assert (BatchAugment()(whole, train=False) - want).abs().max() < 1e-4
@@ -122,3 +122,34 @@ def test_batched_predict_agrees_with_evaluate_image_by_image(trained_run, mini):
     bf16 = predict("bf16-mixed")
     of_class = want[torch.arange(len(bf16)), [run.classes.index(x["class"]) for x in bf16]]
     assert np.abs(np.array([x["probability"] for x in bf16]) - of_class.numpy()).max() < 0.03
+
+
+@pytest.mark.slow
+def test_the_python_api_predicts_what_the_command_line_prints(trained_run, mini):
+    """load_run(...).predict_batch and .predict on a file give the CLI's class and probability
+    for each image, a PIL image or a decoded tensor nearly the same; model(preprocess(x)) too."""
+    import torchvision
+
+    from lightning_sota import load_run
+
+    files = sorted((mini / "val").glob("*/*.JPEG"))[::40]
+    proc = run_cli("python", "-m", "lightning_sota.predict", trained_run, *files, "--precision", "32-true")
+    cli = [json.loads(line) for line in proc.stdout.splitlines()]
+    run = load_run(trained_run, precision="32-true")
+    assert len(run.classes) == 10 and all(line["class"] in run.classes for line in cli)
+    batch = run.predict_batch(files)
+    for path, line, (label, probs) in zip(files, cli, batch, strict=True):
+        assert label == line["class"] and round(float(probs.max()), 5) == line["probability"]
+        same_label, same = run.predict(path)
+        assert same_label == label and torch.allclose(same, probs, atol=1e-5)  # alone: a box of its own
+        # decoded by the caller at full scale (the file's own decode uses libjpeg's draft scale,
+        # as the cache does): the same picture, a few thousandths apart
+        pil_label, pil = run.predict(Image.open(path))
+        tensor_label, tensor = run.predict(torchvision.io.decode_image(str(path)))
+        assert torch.allclose(pil, tensor, atol=2e-3) and (pil - probs).abs().max() < 0.02
+    x = run.preprocess(files[0])
+    assert x.shape == (3, run.size, run.size)
+    with torch.no_grad():
+        run.model.eval()
+        direct = run.model(x[None].to(run.device)).float().softmax(1)[0].cpu()
+    torch.testing.assert_close(direct, batch[0][1], atol=1e-5, rtol=1e-4)

@@ -165,6 +165,24 @@ def test_readme_command(project, command):
 
 
 @pytest.mark.slow
+def test_readme_python_runs(project):
+    """The README's Python blocks, run as written in the project folder (after its commands:
+    `<time>` is the newest run they made, `photo.jpg` a real photo)."""
+    blocks = re.findall(r"^```python\n(.*?)^```", README.read_text(), re.S | re.M)
+    assert blocks, "the README shows its Python API"
+    photo = sorted((MINI / "val").glob("*/*.JPEG"))[0]
+    for block in blocks:
+        code = re.sub(r'"(outputs/runs/\w+/<time>)"', lambda m: repr(newest(project, m[1])), block)
+        run_cli(
+            ROOT / ".venv" / "bin" / "python",
+            "-c",
+            code.replace("photo.jpg", str(photo)),
+            cwd=project,
+            env=user_env(),
+        )
+
+
+@pytest.mark.slow
 def test_newcomer_without_data_or_network(project):
     """`make train` with no IMAGENETTE_ROOT and no network (a refused port stands in for it)."""
     environ = {k: v for k, v in user_env().items() if k != "IMAGENETTE_ROOT"}

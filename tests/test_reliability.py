@@ -270,7 +270,7 @@ def test_ddp_cpu_two_processes(tmp_path, mini):
     predictor = Predictor(run / "checkpoints" / "last.ckpt")
     classes, paths, labels = scan_split(Path(mini) / "val")
     assert len(predictor.classes) == len(classes) == 10  # wnid folders, in the same sorted order
-    correct = np.array([int(probs.argmax()) for _, probs in predictor.predict(paths)]) == labels
+    correct = np.array([int(probs.argmax()) for _, probs in predictor.predict_files(paths)]) == labels
     assert res["val_acc"] == pytest.approx(correct.mean(), abs=1e-5)
     # Rank 0 alone scored every other image: its accuracy differs, so the check above has teeth.
     assert correct[0::2].mean() != correct.mean()

@@ -1,0 +1,51 @@
+"""export --timm: timm's Hugging Face layout, loaded back by timm alone, computes the run's logits."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import timm
+import torch
+
+from lightning_sota import load_run
+from lightning_sota.weights import timm_name
+
+from .conftest import run_cli
+
+
+@pytest.mark.slow
+def test_timm_loads_the_export_back_and_computes_the_runs_logits(trained_run, tmp_path):
+    out = tmp_path / "shared"
+    run_cli("python", "-m", "lightning_sota.export", trained_run, "--timm", out)
+    config = json.loads((out / "config.json").read_text())
+    run = load_run(trained_run, precision="32-true")
+    arch = json.loads((trained_run / "results.json").read_text())["arch"]
+    assert config["label_names"] == run.classes and config["architecture"] == timm_name(arch)
+    assert config["pretrained_cfg"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    assert config["pretrained_cfg"]["crop_pct"] == 0.875 and config["pretrained_cfg"]["input_size"] == [
+        3,
+        32,
+        32,
+    ]
+    assert (out / "model.safetensors").is_file() and not list(tmp_path.glob(".shared.tmp-*"))
+
+    rebuilt = timm.create_model(f"local-dir:{out}", pretrained=True).eval()  # smoke's half width too
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), run.model.eval()(x), atol=1e-5, rtol=1e-5)
+
+
+def test_a_blur_pool_stem_is_refused_in_one_line(trained_run, tmp_path):
+    """timm's config has no place for it: the blur's filter is not in the state_dict, so timm
+    would load every tensor into a max-pool stem and compute other logits."""
+    ckpt = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True)
+    ckpt["lightning_sota"]["config"]["model"]["blur_pool"] = True
+    (tmp_path / "checkpoints").mkdir()
+    torch.save(ckpt, tmp_path / "checkpoints" / "last.ckpt")
+    shutil.copy(trained_run / "results.json", tmp_path)
+    proc = run_cli("python", "-m", "lightning_sota.export", tmp_path, "--timm", tmp_path / "out", ok=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith("error: --timm: timm's config cannot describe the MaxBlurPool stem")
+    assert not (tmp_path / "out").exists()
