@@ -175,12 +175,14 @@ def restore(target: str | Path, command: str, overrides: list[str] = ()) -> Rest
     )
 
 
-def scoring_data(run: Restored) -> ImagenetteDataModule:
+def scoring_data(run: Restored, split: str = "val") -> ImagenetteDataModule:
     """The run's data at its final size and validation batch size (what its last validation
-    scored), set up; a dataset whose classes differ from the checkpoint's is refused."""
+    scored), set up: for ``val``, only the split scored (data.root's val/ or valid/, or data.root
+    itself as one folder of class folders; no training cache); ``holdout`` is part of train. A
+    dataset whose classes differ from the checkpoint's is refused."""
     cfg = run.config.data.copy()
     cfg.phases = [cfg.phases[-1]]
-    data = instantiate(cfg)
+    data = instantiate(cfg, score_only=split == "val" and not cfg.get("valid_pct"))
     data.setup("fit")
     if data.classes != run.classes:
         raise ConfigError(

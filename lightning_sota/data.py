@@ -198,6 +198,7 @@ class ImagenetteDataModule(pl.LightningDataModule):
         on_device: bool | None = None,
         valid_pct: float = 0.0,
         split_seed: int = 42,
+        score_only: bool = False,
     ) -> None:
         super().__init__()
         self.root_arg = root
@@ -216,6 +217,9 @@ class ImagenetteDataModule(pl.LightningDataModule):
         self.on_device = on_device
         # a single folder of class folders: valid_pct of it drawn (by split_seed) for validation
         self.valid_pct, self.split_seed = valid_pct, split_seed
+        # evaluate: only the split to score (val/ or valid/, or root itself as one folder of
+        # class folders), no train/ needed and no training cache built
+        self.score_only = score_only
         self.resident: dict[tuple[str, int], DeviceImages] = {}
         self.placed_on: torch.device | None = None  # where batches are gathered: see place()
         self.epoch = 0
@@ -260,7 +264,13 @@ class ImagenetteDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._ready:
             return
-        if self.valid_pct:
+        if self.score_only:
+            self.root = Path(self.root_arg).expanduser().resolve()
+            if not self.root.is_dir():
+                raise DataError(f"data.root={self.root} is not a folder: point it at the images to score")
+            self.wnids, val_files, val_labels = scan_split(valid_folder(self.root) or self.root)
+            train_files, train_labels = [], np.empty(0, np.int64)
+        elif self.valid_pct:
             self.root = Path(self.root_arg).expanduser().resolve()
             self.wnids, (train_files, train_labels), (val_files, val_labels) = random_split(
                 self.root, self.valid_pct, self.split_seed
@@ -276,9 +286,10 @@ class ImagenetteDataModule(pl.LightningDataModule):
         train_caches, val_caches = {}, {}
         for size in sorted({p.size for p in self.phases}):
             presize = self.presize_for(size)
-            train_caches[size] = build_cache(
-                train_files, presize, self.cache_dir, self.max_aspect, self.cache_workers
-            )
+            if train_files:
+                train_caches[size] = build_cache(
+                    train_files, presize, self.cache_dir, self.max_aspect, self.cache_workers
+                )
             val_caches[size] = build_cache(
                 val_files, presize, self.cache_dir, self.max_aspect, self.cache_workers
             )
@@ -286,7 +297,7 @@ class ImagenetteDataModule(pl.LightningDataModule):
         self.cache_seconds = time.perf_counter() - start if built else 0.0
 
         # Undecodable files are left out everywhere, and named (results.json: dataset.skipped).
-        bad = ~np.logical_and.reduce([c.ok for c in train_caches.values()])
+        bad = ~np.logical_and.reduce([c.ok for c in train_caches.values()] or [np.ones(0, bool)])
         bad_val = ~np.logical_and.reduce([c.ok for c in val_caches.values()])
         self.skipped = [str(f) for f, b in zip(train_files, bad, strict=True) if b]
         self.skipped += [str(f) for f, b in zip(val_files, bad_val, strict=True) if b]

@@ -28,7 +28,7 @@ from .interpret import predictions, scores
 
 def evaluate(target: str, overrides: list[str], tta: bool = False, split: str = "val") -> dict:
     run = restore(target, "evaluate", overrides)
-    data = scoring_data(run)
+    data = scoring_data(run, split)
     # train is not offered: its loader shuffles and drops the last partial batch
     if split not in ("val", "holdout") or (split == "holdout" and not len(data.holdout_index)):
         raise ConfigError(f"--split {split}: use val, or holdout (only for a run with data.holdout)")

@@ -49,3 +49,21 @@ def test_evaluate_reproduces_the_run_and_refuses_other_data(trained_run, tmp_pat
     )
     proc = evaluate(str(tmp_path / "nowhere"))
     assert proc.returncode == 2 and "no checkpoint" in proc.stderr
+
+
+@pytest.mark.slow
+def test_evaluate_scores_a_folder_of_class_folders_without_a_train_split(trained_run, mini, tmp_path):
+    """Any labelled folder: here the run's own val images as one folder of class folders, with no
+    train/ beside them. Only their cache is built, and they score as the run's validation did."""
+    folder = tmp_path / "to-score"
+    folder.mkdir()
+    for class_folder in (mini / "val").iterdir():
+        (folder / class_folder.name).symlink_to(class_folder)
+    cache = tmp_path / "cache"
+    proc = evaluate(str(trained_run), f"data.root={folder}", f"data.cache_dir={cache}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    scored = json.loads((trained_run / "eval.json").read_text())
+    results = json.loads((trained_run / "results.json").read_text())
+    assert scored["images"] == 200 and scored["accuracy"] == results["val_acc"]
+    built = [p for p in cache.iterdir() if not p.name.startswith(".")]
+    assert len(built) == 1, built  # the scored split's cache alone, no training cache
