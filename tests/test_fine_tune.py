@@ -100,3 +100,34 @@ def test_fine_tune_from_a_run_of_ours_onto_another_folder(trained_run, image_fol
     assert res["epochs"] == 2 + 1 and len(res["dataset"]["classes"]) == 3
     assert res["normalize"] == results(trained_run)["normalize"]
     assert all(row["train_loss"] is not None for row in res["history"])
+
+
+@pytest.mark.parametrize("stop", [3, 9], ids=["frozen", "unfrozen"])
+def test_a_resume_in_either_stage_continues_exactly(stop):
+    """What Lightning does on resume: a new optimizer and schedule, their states loaded; every
+    group's lr from then on is the uninterrupted run's (the freeze is the step count's, not a
+    flag of the parameters)."""
+    model = timm.create_model("resnet18d", num_classes=2)
+
+    def fresh():
+        optimizer = adam(model)
+        return optimizer, pretrained_fine_tune(
+            optimizer, [(BATCHES, 3)], base_lr=BASE_LR, freeze_epochs=FREEZE
+        )
+
+    def lrs(optimizer, schedule, steps: int) -> list[list[float]]:
+        seen = []
+        for _ in range(steps):
+            seen.append([g["lr"] for g in optimizer.param_groups])
+            optimizer.step()
+            schedule.step()
+        return seen
+
+    whole = lrs(*fresh(), 3 * BATCHES)
+    first = fresh()
+    lrs(*first, stop)
+    again = fresh()
+    again[0].load_state_dict(first[0].state_dict())
+    again[1].load_state_dict(first[1].state_dict())
+    assert lrs(*again, 3 * BATCHES - stop) == whole[stop:]
+    assert (0.0 in whole[stop]) == (stop < FREEZE * BATCHES)  # the stage the resume lands in
