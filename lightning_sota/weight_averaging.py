@@ -14,6 +14,7 @@ import torch
 from pytorch_lightning.callbacks import WeightAveraging
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
+from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
 
 
 class HostCountedAverage(AveragedModel):
@@ -40,9 +41,8 @@ class HostCountedAverage(AveragedModel):
         if self.updates == 0:
             torch._foreach_copy_(averaged, current)
         else:  # grouped as torch's own update groups them: one foreach call per device and dtype
-            for (device, _), ([avg, cur], _) in torch.utils._foreach_utils._group_tensors_by_device_and_dtype(
-                [averaged, current]
-            ).items():
+            groups = _group_tensors_by_device_and_dtype([averaged, current])
+            for (device, _), ([avg, cur], _) in groups.items():
                 self.multi_avg_fn(avg, cur, self.n_averaged.to(device))
         self.n_averaged += 1
         self.updates += 1

@@ -24,12 +24,12 @@ def make(steps: int = 100, lr: float = 1e-2):
 
 def test_fastai_one_cycle_values():
     _, _, sched = make()
-    lr, mom = sched.values(0)
+    lr, mom, _ = sched.values(0)
     assert lr == pytest.approx(1e-2 / 25) and mom == pytest.approx(0.95)
-    lr, mom = sched.values(25)  # end of warm-up (pct_start 0.25)
+    lr, mom, _ = sched.values(25)  # end of warm-up (pct_start 0.25)
     assert lr == pytest.approx(1e-2) and mom == pytest.approx(0.85)
     # Half-way through the whole run: 1/3 of the way down the cosine.
-    lr, mom = sched.values(50)
+    lr, mom, _ = sched.values(50)
     assert lr == pytest.approx(1e-7 + (1e-2 - 1e-7) * (1 + math.cos(math.pi / 3)) / 2)
     assert mom == pytest.approx(0.85 + 0.10 * (1 + math.cos(math.pi * 2 / 3)) / 2)
     # Warm-up is a cosine too: at 12.5% of the run, half-way from lr/25 to lr.
@@ -71,11 +71,14 @@ def test_cycles_chain():
 
 
 def test_adam_is_fastais():
+    """Decoupled weight decay on weights alone: none on norm layers or biases (fastai's
+    wd_bn_bias=False); the norm layers' parameters flagged for freeze() (optim._groups)."""
     model, opt, _ = make()
-    decay, no_decay = opt.param_groups
-    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
-    assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
-    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    for group in opt.param_groups:
+        assert group["weight_decay"] == (0.01 if all(p.ndim > 1 for p in group["params"]) else 0.0)
+    norm = {id(p) for group in opt.param_groups if group["norm"] for p in group["params"]}
+    assert norm == {id(p) for p in model[1].parameters()}
+    assert sum(len(group["params"]) for group in opt.param_groups) == len(list(model.parameters()))
     assert opt.defaults["eps"] == 1e-5 and isinstance(opt, torch.optim.AdamW)
 
 
