@@ -37,6 +37,7 @@ def test_timm_loads_the_export_back_and_computes_the_runs_logits(trained_run, tm
         torch.testing.assert_close(rebuilt(x), run.model.eval()(x), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow  # the trained smoke run
 def test_a_blur_pool_stem_is_refused_in_one_line(trained_run, tmp_path):
     """timm's config has no place for it: the blur's filter is not in the state_dict, so timm
     would load every tensor into a max-pool stem and compute other logits."""

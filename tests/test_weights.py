@@ -56,6 +56,7 @@ def test_other_classes_get_a_new_classifier_and_keep_the_rest(tmp_path):
             assert torch.equal(state[key], value), key
 
 
+@pytest.mark.slow  # the trained smoke run
 def test_a_run_of_ours_is_a_starting_point(trained_run):
     """Its checkpoint's network, and its normalization (unless the command line picks one)."""
     cfg = config("+experiment=sota", "scale=smoke", f"model.pretrained={trained_run}", "~logger")
@@ -125,6 +126,7 @@ def test_a_run_from_a_weights_file_records_it_and_outlives_it(tmp_path, mini):
     weights_file(weights, num_classes=1000)
     run_train(
         "scale=smoke",
+        "scale.epochs=1",
         "model.widen=1",
         "model.arch=xresnet18",
         f"model.pretrained={weights}",
