@@ -130,7 +130,13 @@ def check_switches(cfg: DictConfig) -> None:
 def check_model(model: DictConfig) -> None:
     """Build the model on the meta device (no memory, no initialisation work), so an unknown arch
     or a ``widen`` it cannot take is refused in one line before any data is read."""
-    check_pretrained(model.arch, model.get("pretrained", False), model.get("widen", 1))
+    check_pretrained(
+        model.arch,
+        model.get("pretrained", False),
+        model.get("widen", 1),
+        model.get("act"),
+        model.get("sa", False),
+    )
     try:
         with torch.device("meta"):
             instantiate(model, num_classes=10, pretrained=False)  # the weights: not needed to check

@@ -1,20 +1,36 @@
 """fastai's xresnet family, built on timm.
 
 timm's ``resnet*d`` is xresnet's topology (deep 32-32-64 stem, average-pool shortcut
-downsampling, zero-initialised last BatchNorm of each block); only the initialisation differs,
-so we apply fastai's: kaiming_normal (fan_in) on every conv and linear, biases zero. Any other
-timm architecture name is passed through unchanged. ``pretrained`` starts from given weights
-instead (weights.py), and then nothing is re-initialised.
+downsampling, zero-initialised last BatchNorm of each block), and ``resnext50d_32x4d`` is
+xresnext50's; only the initialisation differs, so we apply fastai's: kaiming_normal (fan_in) on
+every conv and linear, biases zero. fastai's ``xse_`` variants add squeeze-excitation to each
+block (layers.fastai_se), ``act`` swaps the activation everywhere, ``sa`` adds fastai's
+self-attention. Any other timm architecture name is passed through unchanged. ``pretrained``
+starts from given weights instead (weights.py), and then nothing is re-initialised.
 """
 
 from __future__ import annotations
 
+from functools import partial
+
 import timm
 import torch
-from timm.layers import BlurPool2d
+from timm.layers import BlurPool2d, get_act_layer
 from torch import nn
 
+from .layers import SimpleSelfAttention, fastai_se
 from .weights import XRESNETS, check_pretrained, from_timm, load_pretrained
+
+
+def add_self_attention(model: nn.Module, arch: str) -> None:
+    """fastai's ``sa=True``: SimpleSelfAttention in the last block of the first stage, inside its
+    residual branch after squeeze-excitation, before the addition (timm calls ``block.se`` there)."""
+    block = model.layer1[-1] if hasattr(model, "layer1") else None
+    if not hasattr(block, "se"):
+        raise ValueError(f"model.sa=true: {arch} is not a timm ResNet: set model.sa=false")
+    channels = (block.bn3 if hasattr(block, "bn3") else block.bn2).num_features  # the block's output
+    attention = SimpleSelfAttention(channels)
+    block.se = attention if block.se is None else nn.Sequential(block.se, attention)
 
 
 def fastai_init(model: nn.Module) -> nn.Module:
@@ -42,8 +58,31 @@ def param_splits(model: nn.Module) -> list[list[nn.Parameter]]:
     )
 
 
+def activation(act: str | None) -> type[nn.Module] | None:
+    if act is None:
+        return None
+    try:
+        return get_act_layer(act)
+    except KeyError:
+        raise ValueError(
+            f"model.act={act}: not an activation timm knows: use relu, mish, silu, gelu, ..."
+        ) from None
+
+
+def se_base(arch: str) -> str | None:
+    """The xresnet an ``xse_`` name adds squeeze-excitation to (xse_resnext50 -> xresnext50)."""
+    base = "x" + arch.removeprefix("xse_")
+    return base if arch.startswith("xse_") and base in XRESNETS else None
+
+
 def initialised(arch: str, num_classes: int, widen: float, **kwargs) -> nn.Module:
     """A new model: an xresnet with fastai's init, or any timm model with timm's."""
+    base = se_base(arch)
+    if base:
+        kwargs["block_args"] = {
+            "attn_layer": partial(fastai_se, act_layer=kwargs.get("act_layer") or nn.ReLU)
+        }
+        arch = base
     if arch in XRESNETS:
         return fastai_init(timm.create_model(XRESNETS[arch], num_classes=num_classes, **kwargs))
     try:
@@ -66,6 +105,8 @@ def create_model(
     compile: bool | str = False,
     widen: float = 1.0,
     blur_pool: bool = False,
+    act: str | None = None,
+    sa: bool = False,
     pretrained: bool | str = False,
     **kwargs,
 ) -> nn.Module:
@@ -77,10 +118,16 @@ def create_model(
     downsampling): the stem's max pool at stride 1, then timm's BlurPool2d at stride 2, as timm's
     own ``aa_layer`` builds the stem. Only the stem: timm's ``aa_layer`` also blurs every strided
     block, at a much larger cost per step (benchmarks/RESULTS.md); any timm ResNet takes it.
+    ``act``: the activation everywhere, squeeze-excitation included (timm's name: relu, mish,
+    ...); None keeps the architecture's own (ReLU for the xresnets).
+    ``sa``: fastai's SimpleSelfAttention where fastai's ``XResNet(sa=True)`` puts it; any timm
+    ResNet takes it.
     ``pretrained``: true (timm's ImageNet weights) or a weights file, run folder or checkpoint.
     The model is plain timm/torch: CPU-only speed-ups are applied by the caller for CPU runs
     (lightning_sota/cpu/)."""
-    check_pretrained(arch, pretrained, widen)
+    check_pretrained(arch, pretrained, widen, act, sa)
+    if act is not None:
+        kwargs["act_layer"] = activation(act)
     if widen != 1:
         kwargs["channels"] = tuple(int(c * widen) for c in (64, 128, 256, 512))
         if min(kwargs["channels"]) < 1:
@@ -94,6 +141,8 @@ def create_model(
             raise ValueError(f"model.blur_pool=true: {arch} has no max-pool stem: set model.blur_pool=false")
         width = model.bn1.num_features
         model.maxpool = nn.Sequential(nn.MaxPool2d(3, stride=1, padding=1), BlurPool2d(width, stride=2))
+    if sa:
+        add_self_attention(model, arch)
     if pretrained and pretrained is not True:  # after the init: the file's tensors are kept as they are
         load_pretrained(model, str(pretrained), arch)
     if channels_last:

@@ -24,6 +24,7 @@ XRESNETS = {
     "xresnet50": "resnet50d",
     "xresnet101": "resnet101d",
     "xresnet152": "resnet152d",
+    "xresnext50": "resnext50d_32x4d",
 }
 WEIGHT_FILES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 
@@ -32,7 +33,9 @@ def timm_name(arch: str) -> str:
     return XRESNETS.get(arch, arch)
 
 
-def check_pretrained(arch: str, pretrained: bool | str, widen: float) -> None:
+def check_pretrained(
+    arch: str, pretrained: bool | str, widen: float, act: str | None = None, sa: bool = False
+) -> None:
     """What can be refused before anything is built: the one-line reasons."""
     if not pretrained:
         return
@@ -41,6 +44,16 @@ def check_pretrained(arch: str, pretrained: bool | str, widen: float) -> None:
             raise ConfigError(
                 f"model.widen={widen} with model.pretrained=true: timm's weights are for the full "
                 "width: set model.widen=1"
+            )
+        if act is not None:
+            raise ConfigError(
+                f"model.act={act} with model.pretrained=true: timm's weights were trained with the "
+                "architecture's own activation: set model.act=null"
+            )
+        if sa:
+            raise ConfigError(
+                "model.sa=true with model.pretrained=true: timm's weights have no self-attention: "
+                "set model.sa=false"
             )
         if not timm.list_pretrained(timm_name(arch)):
             raise ConfigError(
@@ -107,7 +120,7 @@ def load_pretrained(model: nn.Module, source: str, arch: str) -> None:
     if unfit:
         raise ConfigError(
             f"model.pretrained={source}: its weights do not fit model.arch={arch} ({len(unfit)} tensors "
-            f"differ, the first {unfit[0]}): set model.arch, model.widen and model.blur_pool as for the "
+            f"differ, the first {unfit[0]}): set model.arch, model.widen, model.blur_pool and model.sa as for the "
             "model that made them"
         )
     model.load_state_dict(state, strict=not other_classes)

@@ -110,3 +110,88 @@ def test_blur_pool_backpropagates_under_bf16_and_is_refused_without_a_max_pool_s
     assert model.conv1[0].weight.grad.abs().sum() > 0  # the gradient flows back through the blur
     with pytest.raises(ValueError, match="model.blur_pool=true: mobilenetv3_small_050 has no max-pool stem"):
         create_model("mobilenetv3_small_050", blur_pool=True)
+
+
+def randomised(model: nn.Module) -> nn.Module:
+    """Every BatchNorm, SE bias and self-attention gamma away from its init, so the residual
+    branches (zero-initialised last BatchNorm, gamma 0) and SE's biases count in the output."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if name.endswith(("running_var", "num_batches_tracked")) or tensor.ndim != 1:
+                if name.endswith("running_var"):
+                    tensor.copy_(torch.rand(tensor.shape, generator=generator) + 0.5)
+                continue
+            if name.endswith("gamma"):
+                tensor.fill_(1e-3)  # attention grows from 0: a small gamma already dominates x
+            elif name.endswith("weight") and "_orig" not in name:  # BatchNorm scales
+                tensor.copy_(torch.rand(tensor.shape, generator=generator) * 0.5 + 0.5)
+            elif not name.endswith(("_u", "_v")):  # biases, running means
+                tensor.copy_((torch.rand(tensor.shape, generator=generator) - 0.5) * 0.2)
+    return model
+
+
+def loaded_in_order(ours: nn.Module, theirs: nn.Module) -> nn.Module:
+    """``theirs``' tensors copied into ``ours`` by position: the same architecture has the same
+    tensors, of the same shapes, in the same order."""
+    own, their = ours.state_dict(), theirs.state_dict()
+    assert [tuple(t.shape) for t in own.values()] == [tuple(t.shape) for t in their.values()]
+    ours.load_state_dict(dict(zip(own, their.values(), strict=True)))
+    return ours
+
+
+@pytest.mark.parametrize(
+    ("arch", "widen", "act", "sa"),
+    [
+        ("xse_resnext50", 1.0, None, False),
+        ("xse_resnext50", 1.0, "mish", True),  # the leaderboard row's network
+        ("xresnext50", 1.0, "mish", False),
+        ("xresnet18", 0.5, "mish", True),  # scale=smoke's
+    ],
+)
+def test_the_leaderboards_pieces_are_fastais_network(arch, widen, act, sa):
+    """fastai's own network with the same weights loaded in order computes what ours does, in
+    eval and (without self-attention, whose spectral norm's power iteration runs in the other
+    order: layers.py) in training, where BatchNorm uses the batch's statistics."""
+    xresnet = pytest.importorskip("fastai.vision.models.xresnet")
+    act_cls = {None: nn.ReLU, "mish": nn.Mish}[act]
+    torch.manual_seed(0)
+    theirs = randomised(getattr(xresnet, arch)(n_out=10, widen=widen, act_cls=act_cls, sa=sa))
+    ours = loaded_in_order(create_model(arch, num_classes=10, widen=widen, act=act, sa=sa), theirs)
+    x = torch.randn(4, 3, 64, 64)
+    modes = ("eval",) if sa else ("eval", "train")
+    for mode in modes:
+        theirs.train(mode == "train")
+        ours.train(mode == "train")
+        with torch.no_grad():
+            expected = theirs(x)
+            out = ours(x.contiguous(memory_format=torch.channels_last))
+        assert expected.abs().max() > 0.1  # not a network whose output is all biases
+        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_self_attention_sits_where_fastai_puts_it_and_learns():
+    """sa=true: one SimpleSelfAttention, after SE in the last block of the first stage; at init
+    (gamma 0) the network computes what it would without it; gamma and the conv get gradients."""
+    model = randomised(create_model("xse_resnext50", num_classes=10, act="mish", sa=True))
+    attention = [name for name, m in model.named_modules() if type(m).__name__ == "SimpleSelfAttention"]
+    assert attention == ["layer1.2.se.1"]
+    assert type(model.layer1[2].se[0]).__name__ == "SEModule" and isinstance(
+        model.layer1[2].se[0].act, nn.Mish
+    )
+    plain = create_model("xse_resnext50", num_classes=10, act="mish")
+    plain.load_state_dict(
+        {k.replace("2.se.0.", "2.se."): v for k, v in model.state_dict().items() if ".se.1." not in k}
+    )
+    x = torch.randn(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    model.eval()
+    plain.eval()
+    with torch.no_grad():
+        model.layer1[2].se[1].gamma.zero_()
+        torch.testing.assert_close(model(x), plain(x))
+        model.layer1[2].se[1].gamma.fill_(0.5)
+        assert not torch.allclose(model(x), plain(x))
+    model.train()
+    model(x).logsumexp(1).sum().backward()
+    sa = model.layer1[2].se[1]
+    assert sa.gamma.grad.abs() > 0 and sa.conv.parametrizations.weight.original.grad.abs().sum() > 0
