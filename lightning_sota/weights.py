@@ -120,8 +120,8 @@ def load_pretrained(model: nn.Module, source: str, arch: str) -> None:
     if unfit:
         raise ConfigError(
             f"model.pretrained={source}: its weights do not fit model.arch={arch} ({len(unfit)} tensors "
-            f"differ, the first {unfit[0]}): set model.arch, model.widen, model.blur_pool and model.sa as for the "
-            "model that made them"
+            f"differ, the first {unfit[0]}): set model.arch, model.widen, model.blur_pool and model.sa "
+            "as for the model that made them"
         )
     model.load_state_dict(state, strict=not other_classes)
 
