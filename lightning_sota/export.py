@@ -21,12 +21,14 @@ import argparse
 from pathlib import Path
 
 import torch
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from .checkpoint import Restored, restore
 from .cli import one_line_errors
 from .errors import ConfigError
 from .files import staged, write_json
+from .models import se_base
 
 
 class Classifier(nn.Module):
@@ -82,15 +84,30 @@ def export_onnx(target: str | Path, out: str | Path) -> dict:
     return meta
 
 
+def beyond_timm(model: DictConfig) -> str | None:
+    """The part of a run's network that timm's architecture name, which ``save_for_hf`` records,
+    does not rebuild: None if there is none."""
+    if model.get("blur_pool"):
+        return "the MaxBlurPool stem (model.blur_pool=true)"
+    if model.get("sa"):
+        return "fastai's self-attention (model.sa=true)"
+    if model.get("act"):
+        return f"the activation (model.act={model.act})"
+    if se_base(model.arch):
+        return f"fastai's squeeze-excitation (model.arch={model.arch})"
+    return None
+
+
 def timm_model(target: str | Path) -> tuple[nn.Module, dict]:
     """The run's network as timm rebuilds it, and what timm's ``save_for_hf`` / ``push_to_hf_hub``
     record with it: the label names and the preprocessing (mean/std, input size, centre crop)."""
     run = restore(target, "export", ["trainer.accelerator=cpu", "trainer.precision=32-true"])
     model = run.module.model.eval()
-    if run.config.model.get("blur_pool"):
+    unknown = beyond_timm(run.config.model)
+    if unknown:
         raise ConfigError(
-            "--timm: timm's config cannot describe the MaxBlurPool stem (model.blur_pool=true): timm "
-            "would rebuild a max-pool stem, load the weights into it and compute other logits; use --onnx"
+            f"--timm: timm's config cannot describe {unknown}: timm would rebuild another network "
+            "from its architecture name and compute other logits; use --onnx"
         )
     if not hasattr(model, "pretrained_cfg"):
         raise ConfigError(f"--timm: {type(model).__name__} is not a timm model: use --onnx")

@@ -1,4 +1,4 @@
-"""All seven chapter-7 experiments at scale=smoke on the real imagenette-mini, as one Hydra multirun."""
+"""The chapter-7 experiments and the leaderboard's at scale=smoke on imagenette-mini, in one multirun."""
 
 from __future__ import annotations
 
@@ -8,11 +8,21 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from .conftest import MINI, results, run_train
 from .test_train import CONTRACT
 
-EXPERIMENTS = ["baseline", "normalize", "progressive_resize", "tta", "mixup", "label_smoothing", "sota"]
+EXPERIMENTS = [
+    "baseline",
+    "normalize",
+    "progressive_resize",
+    "tta",
+    "mixup",
+    "label_smoothing",
+    "sota",
+    "leaderboard",
+]
 
 
 def cpu_precision() -> str:
@@ -37,6 +47,35 @@ def sweep(tmp_path_factory):
         timeout=900,
     )
     return tmp / "sweep"
+
+
+def test_the_leaderboard_experiment_at_its_scale_follows_its_rules():
+    """scale=leaderboard: 5 epochs, all at 128 px, no TTA, random init; the row's network and
+    recipe (fastai's train_imagenette.py)."""
+    cfg = yaml.safe_load(
+        run_train("+experiment=leaderboard", "scale=leaderboard", "--cfg", "job", "--resolve").stdout
+    )
+    assert cfg["resize"]["phases"] == [{"size": 128, "batch_size": 64, "epochs": 5}]
+    assert not cfg["tta"] and not cfg["mix"] and cfg["model"]["pretrained"] is False
+    model = cfg["model"]
+    assert (model["arch"], model["act"], model["sa"], model["blur_pool"], model["widen"]) == (
+        "xse_resnext50",
+        "mish",
+        True,
+        True,
+        1.0,
+    )
+    assert cfg["optim"]["_target_"] == "lightning_sota.optim.ranger" and cfg["optim"]["lr"] == 8e-3
+    assert cfg["optim"]["weight_decay"] == 0.01 and cfg["schedule"]["pct_start"] == 0.75
+    assert cfg["loss"]["label_smoothing"] == 0.1 and cfg["normalize"]["std"] == [0.229, 0.224, 0.225]
+    augment = cfg["augment"]
+    assert (augment["min_scale"], augment["max_rotate"], augment["max_lighting"], augment["p_flip"]) == (
+        0.35,
+        0.0,
+        0.0,
+        0.5,
+    )
+    assert augment["valid_scale"] * 152 == pytest.approx(128, abs=0.01)
 
 
 @pytest.mark.slow
@@ -102,6 +141,11 @@ def test_experiment_at_smoke_scale(experiment, sweep):
         assert res["test_seconds"] > 0
     else:
         assert res["tta_acc"] is None and res["test_seconds"] is None
+    if experiment == "leaderboard":  # the leaderboard's rules: the scale's epochs, all at its size
+        assert (
+            res["phases"] == [{"size": 32, "batch_size": 32, "epochs": 2}] and res["arch"] == "xse_resnext50"
+        )
+        assert not res["pretrained"] and res["holdout_acc"] is None
     if experiment == "baseline":
         assert res["normalize"] is None
     else:

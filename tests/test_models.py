@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from lightning_sota.errors import ConfigError
 from lightning_sota.models import create_model
 
 
@@ -195,3 +196,18 @@ def test_self_attention_sits_where_fastai_puts_it_and_learns():
     model(x).logsumexp(1).sum().backward()
     sa = model.layer1[2].se[1]
     assert sa.gamma.grad.abs() > 0 and sa.conv.parametrizations.weight.original.grad.abs().sum() > 0
+
+
+def test_the_leaderboards_options_refused_where_they_cannot_be_honoured():
+    with pytest.raises(
+        ValueError, match=r"model.sa=true: mobilenetv3_small_050 is not a timm ResNet: set model.sa=false"
+    ):
+        create_model("mobilenetv3_small_050", sa=True)
+    with pytest.raises(ValueError, match="model.act=nope: not an activation timm knows"):
+        create_model("xresnet18", act="nope")
+    with pytest.raises(ConfigError, match="model.act=mish with model.pretrained=true: .*set model.act=null"):
+        create_model("xresnet50", act="mish", pretrained=True)
+    with pytest.raises(ConfigError, match="model.sa=true with model.pretrained=true: .*set model.sa=false"):
+        create_model("xresnet50", sa=True, pretrained=True)
+    with pytest.raises(ConfigError, match="timm has no pretrained weights for xse_resnext50"):
+        create_model("xse_resnext50", pretrained=True)

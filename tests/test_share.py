@@ -8,8 +8,11 @@ import shutil
 import pytest
 import timm
 import torch
+from omegaconf import OmegaConf
 
 from lightning_sota import load_run
+from lightning_sota.export import beyond_timm
+from lightning_sota.models import create_model
 from lightning_sota.weights import timm_name
 
 from .conftest import run_cli
@@ -50,3 +53,30 @@ def test_a_blur_pool_stem_is_refused_in_one_line(trained_run, tmp_path):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert proc.stderr.startswith("error: --timm: timm's config cannot describe the MaxBlurPool stem")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ({"blur_pool": True}, "the MaxBlurPool stem (model.blur_pool=true)"),
+        ({"sa": True}, "fastai's self-attention (model.sa=true)"),
+        ({"act": "mish"}, "the activation (model.act=mish)"),
+        ({"arch": "xse_resnext50"}, "fastai's squeeze-excitation (model.arch=xse_resnext50)"),
+    ],
+)
+def test_what_timm_cannot_rebuild_is_named(override, named):
+    model = OmegaConf.create({"arch": "xresnet50", "blur_pool": False, "sa": False, "act": None, **override})
+    assert beyond_timm(model) == named
+
+
+@pytest.mark.parametrize("arch", ["xresnet50", "xresnext50"])
+def test_what_timm_rebuilds_from_its_architecture_name(arch):
+    """save_for_hf records pretrained_cfg's architecture: timm's model of that name has exactly
+    our tensors, so --timm is allowed."""
+    model = OmegaConf.create({"arch": arch, "blur_pool": False, "sa": False, "act": None})
+    ours = create_model(arch, num_classes=10)
+    rebuilt = timm.create_model(ours.pretrained_cfg["architecture"], num_classes=10)
+    assert beyond_timm(model) is None
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {
+        k: v.shape for k, v in ours.state_dict().items()
+    }
