@@ -20,10 +20,13 @@ normalize.py.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+CROP_TRIES = 10  # fastai's RandomResizedCrop attempts
 
 
 def _uniform(n: int, low: float, high: float, device) -> Tensor:
@@ -89,9 +92,15 @@ class BatchAugment(nn.Module):
         mode: str = "bilinear",
         pad_mode: str = "reflection",
         valid_scale: float = 1.0,
+        ratio: Sequence[float] = (1.0, 1.0),
     ) -> None:
         super().__init__()
         self.min_scale, self.p_flip, self.max_rotate = min_scale, p_flip, max_rotate
+        self.ratio = (float(ratio[0]), float(ratio[1]))
+        if not 0 < self.ratio[0] <= self.ratio[1]:
+            raise ValueError(
+                f"augment.ratio={list(ratio)}: use [low, high] with 0 < low <= high, e.g. [0.75, 1.333]"
+            )
         self.min_zoom, self.max_zoom, self.max_warp = min_zoom, max_zoom, max_warp
         self.p_affine, self.max_lighting, self.p_lighting = p_affine, max_lighting, p_lighting
         if pad_mode not in ("reflection", "border"):
@@ -119,14 +128,34 @@ class BatchAugment(nn.Module):
         return m
 
     def resized_crop(self, n: int, device) -> Tensor:
-        """R: RandomResizedCropGPU(min_scale, ratio 1:1) inside the square: a square of area
-        fraction U(min_scale, 1) at a uniform position (fastai's random top-left corner)."""
-        side = _uniform(n, self.min_scale, 1.0, device).sqrt()
+        """R: fastai's RandomResizedCrop(min_scale, ratio) inside the square: a crop of area
+        fraction U(min_scale, 1) and aspect log-uniform in ``ratio``, at a uniform position
+        (fastai's random top-left corner), resized to the square. With ``ratio`` 1:1
+        (aug_transforms' RandomResizedCropGPU) a square of area at most 1 always fits: one draw."""
+        if self.ratio == (1.0, 1.0):
+            width = height = _uniform(n, self.min_scale, 1.0, device).sqrt()
+        else:
+            width, height = self.first_fit(n, device)
         m = _eye(n, device)
-        m[:, 0, 0] = m[:, 1, 1] = side
-        m[:, 0, 2] = (1 - side) * _uniform(n, -1.0, 1.0, device)
-        m[:, 1, 2] = (1 - side) * _uniform(n, -1.0, 1.0, device)
+        m[:, 0, 0], m[:, 1, 1] = width, height
+        m[:, 0, 2] = (1 - width) * _uniform(n, -1.0, 1.0, device)
+        m[:, 1, 2] = (1 - height) * _uniform(n, -1.0, 1.0, device)
         return m
+
+    def first_fit(self, n: int, device) -> tuple[Tensor, Tensor]:
+        """fastai's draws, batched: up to 10 (area, aspect) pairs per image, the first whose crop
+        fits in the square; the whole square when none does (fastai's fallback for a square)."""
+        area = torch.empty(n, CROP_TRIES, device=device).uniform_(self.min_scale, 1.0)
+        log_lo, log_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
+        aspect = torch.empty(n, CROP_TRIES, device=device).uniform_(log_lo, log_hi).exp()
+        width, height = (area * aspect).sqrt(), (area / aspect).sqrt()
+        fits = (width <= 1) & (height <= 1)
+        first = fits.int().argmax(1, keepdim=True)  # the first True (0 when there is none)
+        fitted = fits.any(1)
+        return (
+            torch.where(fitted, width.gather(1, first).squeeze(1), 1.0),
+            torch.where(fitted, height.gather(1, first).squeeze(1), 1.0),
+        )
 
     def affine(self, n: int, device) -> Tensor:
         """A = flip @ rotate @ zoom, each drawn per image with its own probability (fastai)."""

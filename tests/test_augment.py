@@ -247,3 +247,40 @@ def test_crop_offset_is_fastais_resize_offset_plus_its_random_resized_crop_offse
     model = 20 + 40 * rng.uniform(0, 1, 10**6) + 20 * (1 - s) * rng.uniform(-1, 1, 10**6)
     assert abs(centre.mean() - 40) < 0.5
     assert abs(centre.std() / model.std() - 1) < 0.04  # one uniform over the slack: +19%
+
+
+def test_crop_aspect_is_fastais_random_resized_crop():
+    """augment.ratio: the crop's width and height fractions of a square image have the
+    distribution of fastai's own RandomResizedCrop(min_scale=0.35) draws (area, aspect, its 10
+    attempts), here 20000 of each on a 224 px square."""
+    vision = pytest.importorskip("fastai.vision.all")
+    import random
+
+    random.seed(0)
+    theirs = vision.RandomResizedCrop(128, min_scale=0.35)
+    image = vision.PILImage.create(np.zeros((224, 224, 3), dtype=np.uint8))
+    draws = []
+    for _ in range(20000):
+        theirs.before_call(image, split_idx=0)
+        height, width = theirs.cp_size
+        draws.append((width / 224, height / 224))
+    expected = torch.tensor(draws)
+    torch.manual_seed(0)
+    m = BatchAugment(min_scale=0.35, ratio=(3 / 4, 4 / 3)).resized_crop(20000, "cpu")
+    ours = torch.stack([m[:, 0, 0], m[:, 1, 1]], 1)
+    assert ours.max() <= 1 and ours.min() > 0.5  # inside the square: area 0.35 at aspect 4/3 is 0.51
+    for stat in (
+        lambda d: d.mean(0),
+        lambda d: d.std(0),
+        lambda d: (d[:, 0] / d[:, 1]).log().mean(),
+        lambda d: (d[:, 0] / d[:, 1]).log().std(),
+        lambda d: d.prod(1).mean(),
+    ):
+        torch.testing.assert_close(stat(ours), stat(expected), atol=0.006, rtol=0)
+    square = BatchAugment(min_scale=0.35).resized_crop(1000, "cpu")
+    assert torch.equal(square[:, 0, 0], square[:, 1, 1])  # the default 1:1: squares
+
+
+def test_a_bad_crop_ratio_is_refused():
+    with pytest.raises(ValueError, match=r"augment.ratio=\[1.3, 0.7\]: use \[low, high\]"):
+        BatchAugment(ratio=[1.3, 0.7])
