@@ -13,8 +13,10 @@ goes through the affine ``A`` (flip @ rotate @ zoom, about the square's centre) 
 (fastai pads the presized item by reflection); then ``S`` (a transpose for images stored
 transposed) and ``P`` (where the square lies in the cached image: fastai's ``Resize`` crop) map
 them into the cache array. fastai draws one RandomResizedCrop per batch; here every image gets
-its own. Then fastai's lighting (brightness and contrast in logit space); Normalize follows in
-normalize.py.
+its own. With ``crop="image"`` (the Imagenette leaderboard's item ``RandomResizedCrop``) there is
+no square: R draws its crop from the whole image, which ``P`` squishes to [-1, 1]², and the
+affine and warp act on the crop's output, so R comes last. Then fastai's lighting (brightness
+and contrast in logit space); Normalize follows in normalize.py.
 """
 
 from __future__ import annotations
@@ -76,6 +78,10 @@ class BatchAugment(nn.Module):
     validation view: the centre square of the image resized to ``size``; with ``valid_scale``
     < 1 only its centre, of side ``valid_scale`` times the square's (fastai multiplies the crop's
     sides by it, though its docstring says area).
+
+    ``crop="image"`` is fastai's item ``RandomResizedCrop(size, min_scale, ratio, val_xtra)``
+    instead (train_imagenette.py's): the crop's area and aspect are the whole image's, squished to
+    the square, and validation squishes the whole image, keeping its centre ``valid_scale``.
     """
 
     def __init__(
@@ -93,6 +99,7 @@ class BatchAugment(nn.Module):
         pad_mode: str = "reflection",
         valid_scale: float = 1.0,
         ratio: Sequence[float] = (1.0, 1.0),
+        crop: str = "square",
     ) -> None:
         super().__init__()
         self.min_scale, self.p_flip, self.max_rotate = min_scale, p_flip, max_rotate
@@ -108,46 +115,60 @@ class BatchAugment(nn.Module):
         if not 0 < valid_scale <= 1:
             raise ValueError(f"augment.valid_scale={valid_scale}: use a side fraction in (0, 1]")
         self.mode, self.pad_mode, self.valid_scale = mode, pad_mode, valid_scale
+        if crop not in ("square", "image"):
+            raise ValueError(
+                f"augment.crop={crop!r}: use square (Resize then aug_transforms) or image (RandomResizedCrop)"
+            )
+        self.crop = crop
 
     # -- the parts of the geometry ----------------------------------------------------------
     def square(self, box: Tensor, hw: tuple[int, int], train: bool) -> Tensor:
         """P: fastai's ``Resize(presize)`` crop, the square of side min(h, w) of the real pixels
         ``box`` (top, left, h, w; h <= w) in an H×W array, at a uniform position along the long
-        side (train) or centred (valid); it maps the square's [-1, 1] coordinates to the array's."""
+        side (train) or centred (valid); it maps the square's [-1, 1] coordinates to the array's.
+        With ``crop="image"``, the whole box instead."""
         n, device = len(box), box.device
         top, left, h, w = box.unbind(1)
-        side = torch.minimum(h, w)
+        if self.crop == "image":
+            side_y, side_x = h, w
+        else:
+            side_y = side_x = torch.minimum(h, w)
         frac_y = torch.rand(n, device=device) if train else torch.full((n,), 0.5, device=device)
         frac_x = torch.rand(n, device=device) if train else torch.full((n,), 0.5, device=device)
-        cy = top + side / 2 + frac_y * (h - side)
-        cx = left + side / 2 + frac_x * (w - side)
+        cy = top + side_y / 2 + frac_y * (h - side_y)
+        cx = left + side_x / 2 + frac_x * (w - side_x)
         big_h, big_w = hw
         m = _eye(n, device)
-        m[:, 0, 0], m[:, 0, 2] = side / big_w, 2 * cx / big_w - 1
-        m[:, 1, 1], m[:, 1, 2] = side / big_h, 2 * cy / big_h - 1
+        m[:, 0, 0], m[:, 0, 2] = side_x / big_w, 2 * cx / big_w - 1
+        m[:, 1, 1], m[:, 1, 2] = side_y / big_h, 2 * cy / big_h - 1
         return m
 
-    def resized_crop(self, n: int, device) -> Tensor:
+    def resized_crop(self, n: int, device, shape: Tensor | None = None) -> Tensor:
         """R: fastai's RandomResizedCrop(min_scale, ratio) inside the square: a crop of area
         fraction U(min_scale, 1) and aspect log-uniform in ``ratio``, at a uniform position
         (fastai's random top-left corner), resized to the square. With ``ratio`` 1:1
-        (aug_transforms' RandomResizedCropGPU) a square of area at most 1 always fits: one draw."""
-        if self.ratio == (1.0, 1.0):
+        (aug_transforms' RandomResizedCropGPU) a square of area at most 1 always fits: one draw.
+        ``shape`` [n]: each image's height / width when the crop is drawn from the whole image,
+        whose [-1, 1]² is not square: its pixel aspect is the normalised one over ``shape``."""
+        if self.ratio == (1.0, 1.0) and shape is None:
             width = height = _uniform(n, self.min_scale, 1.0, device).sqrt()
         else:
-            width, height = self.first_fit(n, device)
+            width, height = self.first_fit(n, device, shape)
         m = _eye(n, device)
         m[:, 0, 0], m[:, 1, 1] = width, height
         m[:, 0, 2] = (1 - width) * _uniform(n, -1.0, 1.0, device)
         m[:, 1, 2] = (1 - height) * _uniform(n, -1.0, 1.0, device)
         return m
 
-    def first_fit(self, n: int, device) -> tuple[Tensor, Tensor]:
+    def first_fit(self, n: int, device, shape: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """fastai's draws, batched: up to 10 (area, aspect) pairs per image, the first whose crop
-        fits in the square; the whole square when none does (fastai's fallback for a square)."""
+        fits; the whole square or image when none does (fastai's fallback for an image whose
+        aspect is within ``ratio``, as every cached one is at the default max_aspect)."""
         area = torch.empty(n, CROP_TRIES, device=device).uniform_(self.min_scale, 1.0)
         log_lo, log_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
         aspect = torch.empty(n, CROP_TRIES, device=device).uniform_(log_lo, log_hi).exp()
+        if shape is not None:
+            aspect = aspect * shape.view(n, 1)
         width, height = (area * aspect).sqrt(), (area / aspect).sqrt()
         fits = (width <= 1) & (height <= 1)
         first = fits.int().argmax(1, keepdim=True)  # the first True (0 when there is none)
@@ -209,10 +230,16 @@ class BatchAugment(nn.Module):
         if not train:  # RandomResizedCropGPU's valid_scale: the square's centre, its side scaled
             line = line * self.valid_scale
         xs, ys = line.view(1, 1, size), line.view(1, size, 1)
-        if train:  # in the square: crop, then affine and warp (a homography), then the padding
+        if train and self.crop == "square":  # in the square: crop, affine and warp, then the padding
             inner = self.warp(n, device) @ self.affine(n, device) @ self.resized_crop(n, device)
             qx, qy, qw = at_points(inner, xs, ys).unbind(1)
             xs, ys = self.pad(qx / qw), self.pad(qy / qw)
+        elif train:  # the affine and warp on the crop's output, padded there, then the crop
+            qx, qy, qw = at_points(self.warp(n, device) @ self.affine(n, device), xs, ys).unbind(1)
+            h, w = box[:, 2], box[:, 3]
+            shape = torch.where(transposed, w / h, h / w)  # the image's own orientation
+            crop = self.resized_crop(n, device, shape)[:, :2]  # affine: no division
+            xs, ys = at_points(crop, self.pad(qx / qw), self.pad(qy / qw)).unbind(1)
         outer = self.square(box, image.shape[1:3], train) @ self.transpose(transposed)  # affine
         grid = at_points(outer[:, :2], xs, ys).permute(0, 2, 3, 1)
         # NHWC uint8 permuted is NCHW in channels_last layout: no copy beyond the float cast.

@@ -24,6 +24,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from .augment import BatchAugment
 from .checkpoint import Restored, restore
 from .cli import one_line_errors
 from .errors import ConfigError
@@ -74,6 +75,7 @@ def export_onnx(target: str | Path, out: str | Path) -> dict:
             "shape": ["batch", 3, run.size, run.size],
             "range": [0, 1],
             "valid_scale": run.module.augment.valid_scale,
+            "crop": run.module.augment.crop,
         },
         "output": {"name": "probs", "shape": ["batch", len(run.classes)]},
         "classes": run.classes,
@@ -98,6 +100,16 @@ def beyond_timm(model: DictConfig) -> str | None:
     return None
 
 
+def timm_view(augment: BatchAugment) -> dict:
+    """predict's view in timm's data config: the centre square (crop=image: the whole image
+    squished), its side times valid_scale, resized to the size."""
+    return {
+        "crop_pct": augment.valid_scale,
+        "crop_mode": "squash" if augment.crop == "image" else "center",
+        "interpolation": "bilinear",
+    }
+
+
 def timm_model(target: str | Path) -> tuple[nn.Module, dict]:
     """The run's network as timm rebuilds it, and what timm's ``save_for_hf`` / ``push_to_hf_hub``
     record with it: the label names and the preprocessing (mean/std, input size, centre crop)."""
@@ -116,10 +128,7 @@ def timm_model(target: str | Path) -> tuple[nn.Module, dict]:
         "input_size": (3, run.size, run.size),
         "mean": tuple(stats["mean"]),
         "std": tuple(stats["std"]),
-        # predict's view: the centre square, its side times valid_scale, resized to the size
-        "crop_pct": run.module.augment.valid_scale,
-        "crop_mode": "center",
-        "interpolation": "bilinear",
+        **timm_view(run.module.augment),
     }
     model.to(memory_format=torch.contiguous_format)  # safetensors stores contiguous tensors
     shared = {

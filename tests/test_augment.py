@@ -249,26 +249,31 @@ def test_crop_offset_is_fastais_resize_offset_plus_its_random_resized_crop_offse
     assert abs(centre.std() / model.std() - 1) < 0.04  # one uniform over the slack: +19%
 
 
-def test_crop_aspect_is_fastais_random_resized_crop():
-    """augment.ratio: the crop's width and height fractions of a square image have the
-    distribution of fastai's own RandomResizedCrop(min_scale=0.35) draws (area, aspect, its 10
-    attempts), here 20000 of each on a 224 px square."""
+@pytest.mark.parametrize("crop, hw", [("square", (224, 224)), ("image", (240, 320))])
+def test_crop_aspect_is_fastais_random_resized_crop(crop, hw):
+    """augment.ratio: the crop's width and height, as fractions of a square image (or of a 4:3
+    one, crop=image: fastai's item RandomResizedCrop on the whole image), have the distribution
+    of fastai's own RandomResizedCrop(min_scale=0.35) draws (area, aspect, its 10 attempts), here
+    20000 of each."""
     vision = pytest.importorskip("fastai.vision.all")
     import random
 
     random.seed(0)
+    h, w = hw
     theirs = vision.RandomResizedCrop(128, min_scale=0.35)
-    image = vision.PILImage.create(np.zeros((224, 224, 3), dtype=np.uint8))
+    image = vision.PILImage.create(np.zeros((h, w, 3), dtype=np.uint8))
     draws = []
     for _ in range(20000):
         theirs.before_call(image, split_idx=0)
-        height, width = theirs.cp_size
-        draws.append((width / 224, height / 224))
+        width, height = theirs.cp_size  # fastai's (nw, nh)
+        draws.append((width / w, height / h))
     expected = torch.tensor(draws)
     torch.manual_seed(0)
-    m = BatchAugment(min_scale=0.35, ratio=(3 / 4, 4 / 3)).resized_crop(20000, "cpu")
+    aug = BatchAugment(min_scale=0.35, ratio=(3 / 4, 4 / 3), crop=crop)
+    m = aug.resized_crop(20000, "cpu", torch.full((20000,), h / w) if crop == "image" else None)
     ours = torch.stack([m[:, 0, 0], m[:, 1, 1]], 1)
-    assert ours.max() <= 1 and ours.min() > 0.5  # inside the square: area 0.35 at aspect 4/3 is 0.51
+    # inside; the narrowest: area 0.35 at pixel aspect 3/4 of a 4:3 image, sqrt(0.35·0.75·0.75)
+    assert ours.max() <= 1 and ours.min() > (0.5 if crop == "square" else 0.44)
     for stat in (
         lambda d: d.mean(0),
         lambda d: d.std(0),
@@ -279,6 +284,73 @@ def test_crop_aspect_is_fastais_random_resized_crop():
         torch.testing.assert_close(stat(ours), stat(expected), atol=0.006, rtol=0)
     square = BatchAugment(min_scale=0.35).resized_crop(1000, "cpu")
     assert torch.equal(square[:, 0, 0], square[:, 1, 1])  # the default 1:1: squares
+
+
+def linear(n: int, h: int, w: int) -> torch.Tensor:
+    """uint8 NHWC whose red is 3x and green 2y: bilinear sampling reproduces it exactly inside."""
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    return torch.stack([xs * 3, ys * 2, torch.full_like(xs, 128)], -1).to(torch.uint8).expand(n, h, w, 3)
+
+
+@pytest.mark.parametrize("valid_scale", [1.0, 0.5])
+def test_image_crop_validation_squishes_the_whole_image(valid_scale):
+    """crop=image's validation, fastai's RandomResizedCrop(val_xtra): the whole 60x80 image
+    squished to the square, its centre valid_scale kept; by hand, output pixel j samples the
+    source at x = (u + 1) / 2 · 80 - 1/2 with u its centre in [-1, 1] times valid_scale."""
+    img = linear(2, 60, 80).contiguous()
+    aug = BatchAugment(valid_scale=valid_scale, crop="image")
+    out = aug(batch(img, (0, 0, 60, 80), size=20), train=False) * 255
+    u = ((torch.arange(20) * 2 + 1) / 20 - 1) * valid_scale
+    x = ((u + 1) / 2 * 80 - 0.5).clamp(0, 79)
+    y = ((u + 1) / 2 * 60 - 0.5).clamp(0, 59)
+    torch.testing.assert_close(out[:, 0], (3 * x).expand(2, 20, 20), atol=1e-3, rtol=0)
+    torch.testing.assert_close(out[:, 1], (2 * y)[:, None].expand(2, 20, 20), atol=1e-3, rtol=0)
+    with pytest.raises(ValueError, match=r"augment.crop='whole': use square .* or image"):
+        BatchAugment(crop="whole")
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_image_crop_of_a_transposed_image_is_the_upright_ones(train):
+    """The cache stores portrait images transposed; crop=image draws its crop in the image's own
+    orientation, so with the same random draws both storages give the same view."""
+    upright = linear(8, 60, 40).contiguous()  # 60 tall, 40 wide
+    stored = upright.transpose(1, 2).contiguous()  # 40 x 60, transposed
+    aug = BatchAugment(min_scale=0.35, ratio=(3 / 4, 4 / 3), crop="image", p_flip=0.5, max_lighting=0.0)
+    torch.manual_seed(0)
+    expected = aug(batch(upright, (0, 0, 60, 40), size=16), train=train)
+    torch.manual_seed(0)
+    out = aug(batch(stored, (0, 0, 40, 60), transposed=True, size=16), train=train)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+
+
+def test_image_crops_stay_inside_the_real_pixels():
+    torch.manual_seed(0)
+    img = torch.zeros(256, 40, 60, 3, dtype=torch.uint8)
+    img[:, 5:35, 10:50] = 200
+    aug = BatchAugment(
+        min_scale=0.35,
+        ratio=(3 / 4, 4 / 3),
+        crop="image",
+        max_rotate=0.0,
+        max_zoom=1.3,
+        max_warp=0.0,
+        max_lighting=0.0,
+        p_affine=1.0,
+    )
+    out = aug(batch(img, (5, 10, 30, 40), size=16), train=True)
+    torch.testing.assert_close(out, torch.full_like(out, 200 / 255))
+
+
+def test_image_crop_at_full_area_is_fastais_fallback_the_whole_image():
+    """min_scale=1 on a 4:3 image: no drawn aspect but 4/3 itself fits at the whole area, so
+    fastai falls back to the whole image, squished: the validation view (a square would not)."""
+    torch.manual_seed(0)
+    img = linear(4, 60, 80).contiguous()
+    aug = BatchAugment(**{**OFF, "ratio": (3 / 4, 4 / 3), "crop": "image"})
+    whole = aug(batch(img, (0, 0, 60, 80), size=20), train=False)
+    torch.testing.assert_close(aug(batch(img, (0, 0, 60, 80), size=20), train=True), whole)
+    square = BatchAugment(**{**OFF, "ratio": (3 / 4, 4 / 3)})(batch(img, (0, 0, 60, 80), size=20), train=True)
+    assert (square - whole).abs().max() > 0.1
 
 
 def test_a_bad_crop_ratio_is_refused():

@@ -76,7 +76,7 @@ def test_the_leaderboard_experiment_at_its_scale_follows_its_rules():
         0.5,
     )
     assert augment["valid_scale"] * 152 == pytest.approx(128, abs=0.01)
-    assert augment["ratio"] == pytest.approx([3 / 4, 4 / 3])
+    assert augment["ratio"] == pytest.approx([3 / 4, 4 / 3]) and augment["crop"] == "image"
 
 
 @pytest.mark.slow

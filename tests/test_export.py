@@ -23,6 +23,7 @@ def test_onnx_export_agrees_with_pytorch_on_every_mini_val_image(trained_run, mi
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["input"]["shape"] == ["batch", 3, 32, 32] and len(meta["classes"]) == 10
     assert meta["input"]["valid_scale"] == 0.875  # sota's centre crop, for a user rebuilding the view
+    assert meta["input"]["crop"] == "square"  # of the centre square (image: the whole, squished)
     assert meta["normalize_inside"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
     assert sorted(p.name for p in out.parent.iterdir()) == ["model.json", "model.onnx"]  # no temporaries
 

@@ -11,7 +11,8 @@ import torch
 from omegaconf import OmegaConf
 
 from lightning_sota import load_run
-from lightning_sota.export import beyond_timm
+from lightning_sota.augment import BatchAugment
+from lightning_sota.export import beyond_timm, timm_view
 from lightning_sota.models import create_model
 from lightning_sota.weights import timm_name
 
@@ -27,6 +28,7 @@ def test_timm_loads_the_export_back_and_computes_the_runs_logits(trained_run, tm
     arch = json.loads((trained_run / "results.json").read_text())["arch"]
     assert config["label_names"] == run.classes and config["architecture"] == timm_name(arch)
     assert config["pretrained_cfg"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    assert config["pretrained_cfg"]["crop_mode"] == "center"
     assert config["pretrained_cfg"]["crop_pct"] == 0.875 and config["pretrained_cfg"]["input_size"] == [
         3,
         32,
@@ -38,6 +40,29 @@ def test_timm_loads_the_export_back_and_computes_the_runs_logits(trained_run, tm
     x = torch.rand(4, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x), run.model.eval()(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("crop", ["square", "image"])
+@pytest.mark.parametrize("valid_scale", [1.0, 0.5])
+def test_timms_preprocessing_from_the_export_is_predicts_view(crop, valid_scale):
+    """The data config export writes makes timm's own eval transform (PIL) give our validation
+    view of a 30x40 photo, to its uint8 output and (centre crop) its long side resized to whole
+    pixels: 85 for 85.3, under 3/255 on this gradient."""
+    from PIL import Image
+    from timm.data import create_transform
+
+    ys, xs = torch.meshgrid(torch.arange(30), torch.arange(40), indexing="ij")
+    photo = torch.stack([xs * 6, ys * 8, torch.full_like(xs, 128)], -1).to(torch.uint8)
+    augment = BatchAugment(crop=crop, valid_scale=valid_scale)
+    zero, one = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    timms = create_transform(input_size=(3, 64, 64), mean=zero, std=one, **timm_view(augment))
+    batch = {
+        "image": photo[None],
+        "box": torch.tensor([[0.0, 0, 30, 40]]),
+        "transposed": torch.tensor([False]),
+    }
+    ours = augment(batch | {"size": 64}, train=False)[0]
+    torch.testing.assert_close(ours, timms(Image.fromarray(photo.numpy())), atol=3 / 255, rtol=0)
 
 
 @pytest.mark.slow  # the trained smoke run
