@@ -129,12 +129,13 @@ class BatchAugment(nn.Module):
         With ``crop="image"``, the whole box instead."""
         n, device = len(box), box.device
         top, left, h, w = box.unbind(1)
-        if self.crop == "image":
-            side_y, side_x = h, w
+        if self.crop == "image":  # the whole box: nothing to place
+            side_y, side_x, moves = h, w, False
         else:
             side_y = side_x = torch.minimum(h, w)
-        frac_y = torch.rand(n, device=device) if train else torch.full((n,), 0.5, device=device)
-        frac_x = torch.rand(n, device=device) if train else torch.full((n,), 0.5, device=device)
+            moves = train
+        frac_y = torch.rand(n, device=device) if moves else torch.full((n,), 0.5, device=device)
+        frac_x = torch.rand(n, device=device) if moves else torch.full((n,), 0.5, device=device)
         cy = top + side_y / 2 + frac_y * (h - side_y)
         cx = left + side_x / 2 + frac_x * (w - side_x)
         big_h, big_w = hw
