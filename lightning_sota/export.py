@@ -91,6 +91,8 @@ def beyond_timm(model: DictConfig) -> str | None:
     does not rebuild: None if there is none."""
     if model.get("blur_pool"):
         return "the MaxBlurPool stem (model.blur_pool=true)"
+    if model.get("pool", "avg") != "avg":
+        return f"the shortcuts' pooling (model.pool={model.pool})"
     if model.get("sa"):
         return "fastai's self-attention (model.sa=true)"
     if model.get("act"):

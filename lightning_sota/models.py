@@ -18,7 +18,7 @@ import torch
 from timm.layers import BlurPool2d, get_act_layer
 from torch import nn
 
-from .layers import SimpleSelfAttention, fastai_se
+from .layers import MaxBlurPool, SimpleSelfAttention, fastai_se
 from .weights import XRESNETS, check_pretrained, from_timm, load_pretrained
 
 
@@ -31,6 +31,35 @@ def add_self_attention(model: nn.Module, arch: str) -> None:
     channels = (block.bn3 if hasattr(block, "bn3") else block.bn2).num_features  # the block's output
     attention = SimpleSelfAttention(channels)
     block.se = attention if block.se is None else nn.Sequential(block.se, attention)
+
+
+POOLS = ("avg", "max", "max_blur")
+
+
+def set_pool(model: nn.Module, pool: str, arch: str) -> None:
+    """fastai's ``XResNet(pool=)``: the pooling before each strided block's shortcut conv. ``avg``
+    (fastai's default, timm's ``avg_down``), ``max`` (``MaxPool``: 2x2, ceil mode), or
+    ``max_blur``: max, then every max pool, the stem's included, made ``MaxBlurPool``, as the
+    leaderboard row's notebook converts fastai's ``xse_resnext50(pool=MaxPool)``."""
+    if pool not in POOLS:
+        raise ValueError(f"model.pool={pool!r}: use avg, max or max_blur")
+    if pool == "avg":
+        return
+    shortcuts = [
+        block.downsample
+        for stage in (getattr(model, f"layer{i}", ()) for i in range(1, 5))
+        for block in stage
+        if block.downsample is not None and isinstance(block.downsample[0], nn.AvgPool2d)
+    ]
+    if not shortcuts or not isinstance(getattr(model, "maxpool", None), nn.MaxPool2d):
+        raise ValueError(
+            f"model.pool={pool}: {arch} has no average-pool shortcuts to replace "
+            "(fastai's xresnets do): set model.pool=avg"
+        )
+    for shortcut in shortcuts:
+        shortcut[0] = MaxBlurPool() if pool == "max_blur" else nn.MaxPool2d(2, ceil_mode=True)
+    if pool == "max_blur":
+        model.maxpool = MaxBlurPool()
 
 
 def fastai_init(model: nn.Module) -> nn.Module:
@@ -105,6 +134,7 @@ def create_model(
     compile: bool | str = False,
     widen: float = 1.0,
     blur_pool: bool = False,
+    pool: str = "avg",
     act: str | None = None,
     sa: bool = False,
     pretrained: bool | str = False,
@@ -118,6 +148,8 @@ def create_model(
     downsampling): the stem's max pool at stride 1, then timm's BlurPool2d at stride 2, as timm's
     own ``aa_layer`` builds the stem. Only the stem: timm's ``aa_layer`` also blurs every strided
     block, at a much larger cost per step (benchmarks/RESULTS.md); any timm ResNet takes it.
+    ``pool``: the shortcuts' pooling, fastai's ``pool`` (``set_pool``: avg, max or max_blur, the
+    leaderboard row's); any timm ResNet with average-pool shortcuts (the xresnets) takes it.
     ``act``: the activation everywhere, squeeze-excitation included (timm's name: relu, mish,
     ...); None keeps the architecture's own (ReLU for the xresnets).
     ``sa``: fastai's SimpleSelfAttention where fastai's ``XResNet(sa=True)`` puts it; any timm
@@ -136,6 +168,12 @@ def create_model(
         model = from_timm(arch, num_classes, **kwargs)
     else:
         model = initialised(arch, num_classes, widen, **kwargs)
+    if blur_pool and pool == "max_blur":
+        raise ValueError(
+            "model.blur_pool=true with model.pool=max_blur: max_blur already makes the stem's max pool "
+            "a MaxBlurPool: set model.blur_pool=false"
+        )
+    set_pool(model, pool, arch)
     if blur_pool:
         if not isinstance(getattr(model, "maxpool", None), nn.MaxPool2d):
             raise ValueError(f"model.blur_pool=true: {arch} has no max-pool stem: set model.blur_pool=false")

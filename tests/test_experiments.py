@@ -51,32 +51,40 @@ def sweep(tmp_path_factory):
 
 def test_the_leaderboard_experiment_at_its_scale_follows_its_rules():
     """scale=leaderboard: 5 epochs, all at 128 px, no TTA, random init; the row's network and
-    recipe (fastai's train_imagenette.py)."""
+    recipe (radekosmulski/imagenette-LB-entry's notebook: conf/experiment/leaderboard.yaml)."""
     cfg = yaml.safe_load(
         run_train("+experiment=leaderboard", "scale=leaderboard", "--cfg", "job", "--resolve").stdout
     )
-    assert cfg["resize"]["phases"] == [{"size": 128, "batch_size": 64, "epochs": 5}]
+    assert cfg["resize"]["phases"] == [{"size": 128, "batch_size": 32, "epochs": 5}]
     assert not cfg["tta"] and not cfg["mix"] and cfg["model"]["pretrained"] is False
     model = cfg["model"]
-    assert (model["arch"], model["act"], model["sa"], model["blur_pool"], model["widen"]) == (
+    assert (model["arch"], model["act"], model["sa"], model["pool"], model["blur_pool"], model["widen"]) == (
         "xse_resnext50",
         "mish",
         True,
-        True,
+        "max_blur",
+        False,
         1.0,
     )
     assert cfg["optim"]["_target_"] == "lightning_sota.optim.ranger" and cfg["optim"]["lr"] == 8e-3
-    assert cfg["optim"]["weight_decay"] == 0.01 and cfg["schedule"]["pct_start"] == 0.75
-    assert cfg["loss"]["label_smoothing"] == 0.1 and cfg["normalize"]["std"] == [0.229, 0.224, 0.225]
+    assert cfg["optim"]["betas"] == [0.95, 0.99] and cfg["optim"]["eps"] == 1e-6
+    assert cfg["optim"]["weight_decay"] == 1e-4 and cfg["schedule"]["pct_start"] == 0.75
+    assert cfg["loss"]["label_smoothing"] == 0.1 and cfg["normalize"]["mean"] is None
+    assert not cfg["normalize"].get("from_batch")
+    assert (cfg["data"]["presize"], cfg["data"]["variant"]) == (128, "320px")  # Resize(128) of the 320 px set
     augment = cfg["augment"]
     assert (augment["min_scale"], augment["max_rotate"], augment["max_lighting"], augment["p_flip"]) == (
-        0.35,
+        1.0,
         0.0,
         0.0,
         0.5,
     )
-    assert augment["valid_scale"] * 152 == pytest.approx(128, abs=0.01)
-    assert augment["ratio"] == pytest.approx([3 / 4, 4 / 3]) and augment["crop"] == "image"
+    assert (augment["max_warp"], augment["max_zoom"], augment["valid_scale"], augment["crop"]) == (
+        0.0,
+        1.0,
+        1.0,
+        "square",
+    )
 
 
 @pytest.mark.slow
@@ -147,7 +155,7 @@ def test_experiment_at_smoke_scale(experiment, sweep):
             res["phases"] == [{"size": 32, "batch_size": 32, "epochs": 2}] and res["arch"] == "xse_resnext50"
         )
         assert not res["pretrained"] and res["holdout_acc"] is None
-    if experiment == "baseline":
+    if experiment in ("baseline", "leaderboard"):
         assert res["normalize"] is None
     else:
         assert res["normalize"]["std"] == pytest.approx([0.229, 0.224, 0.225])

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from lightning_sota.errors import ConfigError
+from lightning_sota.layers import MaxBlurPool
 from lightning_sota.models import create_model
 
 
@@ -111,6 +112,70 @@ def test_blur_pool_backpropagates_under_bf16_and_is_refused_without_a_max_pool_s
     assert model.conv1[0].weight.grad.abs().sum() > 0  # the gradient flows back through the blur
     with pytest.raises(ValueError, match="model.blur_pool=true: mobilenetv3_small_050 has no max-pool stem"):
         create_model("mobilenetv3_small_050", blur_pool=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_max_blur_pool_is_kornias_by_hand(dtype):
+    """model.pool=max_blur's layer on a 4x4 ramp x[i, j] = 4i + j. The 3x3 max at stride 1 gives
+    4a[i] + a[j] with a = [1, 2, 3, 3]; the blur is separable and sums to 1, so it blurs a alone:
+    reflected to [3, 2, 1, 2, 3, 3, 3, 2] and weighed by [1, 4, 6, 4, 1] / 16 it is
+    [28, 33, 42, 46] / 16, and halving bilinearly averages pairs: b = [61, 88] / 32. The output is
+    4b[i] + b[j]. In bf16 the same values to bf16's rounding."""
+    x = torch.arange(16, dtype=dtype).view(1, 1, 4, 4)
+    b = torch.tensor([61 / 32, 88 / 32])
+    expected = 4 * b.view(2, 1) + b.view(1, 2)  # [[305, 332], [413, 440]] / 32
+    out = MaxBlurPool()(x)
+    assert out.shape == (1, 1, 2, 2) and out.dtype == dtype
+    tolerance = 0 if dtype == torch.float32 else 0.05
+    torch.testing.assert_close(out[0, 0].float(), expected, rtol=0, atol=tolerance)
+    odd = MaxBlurPool()(torch.randn(2, 3, 7, 9).contiguous(memory_format=torch.channels_last))
+    assert odd.shape == (2, 3, 3, 4)  # kornia floors the halved size
+    tiny = torch.tensor([[[[1.0, -2.0], [0.5, 3.0]]]])  # too small to reflect: edges repeated
+    torch.testing.assert_close(MaxBlurPool()(tiny), torch.full((1, 1, 1, 1), 3.0))
+
+
+def test_pool_max_blur_is_the_leaderboard_rows_network_and_refused_where_it_cannot_be():
+    """model.pool=max_blur is the row's notebook: fastai's xse_resnext50(pool=MaxPool) with every
+    nn.MaxPool2d (the stem's and the three shortcuts') replaced. Here fastai's own network is
+    converted as the notebook does it, with our MaxBlurPool standing in for kornia's (checked by
+    hand above): the same weights loaded in order give the same output in eval and training."""
+    xresnet = pytest.importorskip("fastai.vision.models.xresnet")
+    torch.manual_seed(0)
+    theirs = xresnet.xse_resnext50(n_out=10, act_cls=nn.Mish, sa=True, pool=xresnet.MaxPool)
+    converted = 0
+    for module in list(theirs.modules()):
+        for name, child in module.named_children():
+            if type(child) is nn.MaxPool2d:
+                setattr(module, name, MaxBlurPool())
+                converted += 1
+    assert converted == 4
+    theirs = randomised(theirs)
+    ours = create_model("xse_resnext50", num_classes=10, act="mish", sa=True, pool="max_blur")
+    ours = loaded_in_order(ours, theirs)
+    assert sum(isinstance(m, MaxBlurPool) for m in ours.modules()) == 4
+    x = torch.randn(2, 3, 64, 64)
+    theirs.eval()
+    ours.eval()
+    with torch.no_grad():
+        expected = theirs(x)
+        torch.testing.assert_close(
+            ours(x.contiguous(memory_format=torch.channels_last)), expected, rtol=1e-4, atol=1e-4
+        )
+    assert expected.abs().max() > 0.1
+    plain_max = create_model("xresnet18", num_classes=10, pool="max")
+    assert [
+        type(b.downsample[0]) for b in (plain_max.layer2[0], plain_max.layer3[0], plain_max.layer4[0])
+    ] == [nn.MaxPool2d] * 3
+    with pytest.raises(ValueError, match=r"^model.pool='mean': use avg, max or max_blur$"):
+        create_model("xresnet18", pool="mean")
+    with pytest.raises(
+        ValueError, match="model.pool=max: mobilenetv3_small_050 has no average-pool shortcuts"
+    ):
+        create_model("mobilenetv3_small_050", pool="max")
+    with pytest.raises(
+        ValueError, match="model.blur_pool=true with model.pool=max_blur: .*set model.blur_pool=false"
+    ):
+        create_model("xresnet18", pool="max_blur", blur_pool=True)
 
 
 def randomised(model: nn.Module) -> nn.Module:

@@ -84,6 +84,7 @@ def test_a_blur_pool_stem_is_refused_in_one_line(trained_run, tmp_path):
     ("override", "named"),
     [
         ({"blur_pool": True}, "the MaxBlurPool stem (model.blur_pool=true)"),
+        ({"pool": "max_blur"}, "the shortcuts' pooling (model.pool=max_blur)"),
         ({"sa": True}, "fastai's self-attention (model.sa=true)"),
         ({"act": "mish"}, "the activation (model.act=mish)"),
         ({"arch": "xse_resnext50"}, "fastai's squeeze-excitation (model.arch=xse_resnext50)"),
