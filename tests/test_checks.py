@@ -38,6 +38,7 @@ from .conftest import config, run_train
         ),
         (["cpu.small_map_gemm=yes"], r"^cpu.small_map_gemm='yes': use auto, true or false$"),
         (["model.blur_pool=no"], r"^model.blur_pool='no': use true or false$"),
+        (["model.pool=mean"], r"^model.pool='mean': use avg, max or max_blur$"),
         (["model.channels_last=1"], r"^model.channels_last=1: use true or false$"),
         (["tta=fastai", "tta.use_max=off"], r"^tta.use_max='off': use true or false$"),
         (["optim.fused=no"], r"^optim.fused='no': use true or false$"),
