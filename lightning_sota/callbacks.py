@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import warnings
 from collections import Counter
@@ -121,31 +122,44 @@ class ProgressiveResize(pl.Callback):
 
 
 class HostSyncCount(pl.Callback):
-    """debug=syncs: how often the host waits for the GPU, per training step and per validation
-    batch, counted by torch's CUDA sync debug mode over every epoch after the first (the first
-    sets up: allocations, cuDNN's choices, the pinned buffers). Each epoch's counts, and the
-    lines that waited, go to ``path`` (syncs.json). 16-mixed's GradScaler waits once a step by
-    torch's design; nothing else should."""
+    """debug=syncs: how often the training loop waits for the GPU, per training step and per
+    validation batch, counted by torch's CUDA sync debug mode over every epoch after the first
+    (the first sets up: allocations, cuDNN's choices, the pinned buffers). Each epoch's counts,
+    and the lines that waited, go to ``path`` (syncs.json). Waits on other threads are counted
+    apart (``background_waits``): Lightning's AsyncCheckpointIO writes the last checkpoint from
+    a thread of its own, whose copies to the host wait there while the loop trains on. On the
+    loop, 16-mixed's GradScaler waits once a step by torch's design, and Lightning's
+    LearningRateMonitor once per parameter group on each logged step (it copies every value to
+    the GPU for callback_metrics); nothing else should."""
 
     def __init__(self, path: str) -> None:
         self.path = Path(path)
         self.epochs: list[dict] = []
-        self._caught: list | None = None
+        self._caught: list[tuple[bool, str]] | None = None
 
     def _watching(self, trainer: pl.Trainer) -> bool:
         return trainer.current_epoch >= 1 and trainer.strategy.root_device.type == "cuda"
 
     def _start(self) -> None:
-        self._catcher = warnings.catch_warnings(record=True)
-        self._caught = self._catcher.__enter__()
+        # catch_warnings(record=True) would mix every thread's warnings: each is recorded with
+        # whether the loop's thread raised it.
+        self._loop = threading.get_ident()
+        self._caught = []
+        self._catcher = warnings.catch_warnings()
+        self._catcher.__enter__()
         warnings.simplefilter("always")
+        warnings.showwarning = self._show
         torch.cuda.set_sync_debug_mode("warn")
 
-    def _stop(self) -> list[warnings.WarningMessage]:
+    def _show(self, message, category, filename, lineno, file=None, line=None) -> None:
+        if self._caught is not None and "synchroniz" in str(message):
+            self._caught.append((threading.get_ident() == self._loop, f"{filename}:{lineno}"))
+
+    def _stop(self) -> list[tuple[bool, str]]:
         torch.cuda.set_sync_debug_mode("default")
         caught, self._caught = self._caught, None
         self._catcher.__exit__(None, None, None)
-        return [w for w in caught if "synchroniz" in str(w.message)]
+        return caught
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._batches = {"train": 0, "val": 0}
@@ -170,15 +184,20 @@ class HostSyncCount(pl.Callback):
             self._record(trainer, self._train_waits, self._stop())
 
     def _record(self, trainer, train: list, val: list) -> None:
-        where = Counter(f"{w.filename}:{w.lineno}" for w in (*train, *val))
+        def where(waits: list, on_loop: bool, n: int) -> dict[str, int]:
+            return dict(Counter(w for loop, w in waits if loop == on_loop).most_common(n))
+
         self.epochs.append(
             {
                 "epoch": trainer.current_epoch,
                 "train_steps": self._batches["train"],
-                "train_waits": len(train),
+                "train_waits": sum(loop for loop, _ in train),
+                "train_where": where(train, True, 8),
                 "val_batches": self._batches["val"],
-                "val_waits": len(val),
-                "where": dict(where.most_common(8)),
+                "val_waits": sum(loop for loop, _ in val),
+                "val_where": where(val, True, 4),
+                "background_waits": sum(not loop for loop, _ in (*train, *val)),
+                "background_where": where([*train, *val], False, 4),
             }
         )
 

@@ -9,6 +9,10 @@ forward, loss, the finite-loss verdict, the optimizer step and the EMA update al
 
 from __future__ import annotations
 
+import threading
+import warnings
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -21,6 +25,7 @@ from torchmetrics import Metric
 
 from lightning_sota import data as data_module
 from lightning_sota.build import build_module, cpu_tuning
+from lightning_sota.callbacks import HostSyncCount
 from lightning_sota.weight_averaging import HostCountedAverage
 
 from .conftest import config
@@ -211,3 +216,36 @@ def test_the_guard_catches_each_kind_of_wait(fake_gpu):
     with fake_gpu, NoHostSync() as guard:
         on_gpu.to("cpu", non_blocking=True)  # into host memory without a wait: allowed
     assert guard.host_reads == 0
+
+
+def test_sync_count_keeps_another_threads_waits_apart(monkeypatch, tmp_path):
+    """debug=syncs' counts per step are the loop's own: a wait on another thread (Lightning's
+    AsyncCheckpointIO writing the last checkpoint, whose copies to the host wait there) is counted
+    apart. torch's sync debug mode needs a driver, so its warning is raised here as torch raises
+    it: a UserWarning on the thread that waits."""
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", lambda mode: None)
+    count = HostSyncCount(str(tmp_path / "syncs.json"))
+    trainer = SimpleNamespace(current_epoch=1, strategy=SimpleNamespace(root_device=CUDA))
+
+    def wait(where: str) -> None:
+        warnings.warn(f"called a synchronizing CUDA operation ({where})", UserWarning, stacklevel=1)
+
+    shown = warnings.showwarning
+    count.on_train_epoch_start(trainer, None)
+    for step in range(3):
+        wait("loop")
+        count.on_train_batch_end(trainer, None, None, None, step)
+    writer = threading.Thread(target=lambda: [wait("writer") for _ in range(5)])
+    writer.start()
+    writer.join()
+    warnings.warn("not a wait", UserWarning, stacklevel=1)
+    count.on_validation_epoch_start(trainer, None)
+    count.on_validation_batch_end(trainer, None, None, None, 0)
+    wait("loop")
+    count.on_validation_epoch_end(trainer, None)
+    (epoch,) = count.epochs
+    counts = (epoch["train_steps"], epoch["train_waits"], epoch["val_batches"], epoch["val_waits"])
+    assert counts == (3, 3, 1, 1)
+    assert epoch["background_waits"] == 5 and sum(epoch["background_where"].values()) == 5
+    assert sum(epoch["train_where"].values()) == 3 and sum(epoch["val_where"].values()) == 1
+    assert warnings.showwarning is shown  # put back as it was
