@@ -2,13 +2,14 @@
 (benchmarks/gpu_check.sh runs this).
 
     python benchmarks/gpu_check.py --out $OUT [--work /tmp/...] [--root <train/ and val/>] [--smoke]
+        [--steps STEP ...]
 
 Steps, each timed against its budget (BUDGET, seconds on one H200 with the full split) and
 recorded even when one fails; gpu_check.json is rewritten after every step, so a call cut short
 still brings back what it measured:
 - device: torch, Python, the GPU.
 - cuda_tests: ``pytest -m cuda tests/test_cuda.py`` (only the CUDA tests: the other test modules
-  need packages the GPU machine lacks).
+  need packages the GPU machine lacks), on the mini set's shape taken from the data.
 - syncs: ``+experiment=sota mix=mixup weight_averaging=ema debug=syncs`` at scale=leaderboard,
   30 batches an epoch: host waits per training step and validation batch through the run's own
   on-device data path (syncs.json).
@@ -20,6 +21,7 @@ At most 8 files come back in ``--out``, none in a subfolder: gpu_check.json, gpu
 table), cuda_tests.txt, syncs.json, sota_leaderboard.json (its results.json). Caches and run
 folders stay in ``--work``. ``--smoke``: the same steps on the CPU at smoke scale on the mini set
 (what the test suite runs), so the script is known to work before a GPU is ever lent.
+``--steps``: only the steps named, in that order.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from throughput import loader_rate, pipeline, step_rate  # noqa: E402
 
+from lightning_sota.data import scan_split  # noqa: E402
 from lightning_sota.files import write_json  # noqa: E402
 from lightning_sota.locks import usable_cpus  # noqa: E402
 
@@ -101,9 +104,28 @@ def device_report() -> dict:
     return report
 
 
-def cuda_tests(out: Path) -> dict:
+def mini_split(root: Path, work: Path) -> Path:
+    """The mini set's shape (50 train and 20 val images a class) taken from ``root``, for the
+    CUDA tests: written for the suite's mini set, they would train on the whole split."""
+    mini = work / "mini"
+    shutil.rmtree(mini, ignore_errors=True)
+    for split, n in (("train", 50), ("val", 20)):
+        classes, files, labels = scan_split(root / split)
+        taken = dict.fromkeys(range(len(classes)), 0)
+        for file, label in zip(files, labels, strict=True):
+            if taken[label] < n:
+                taken[label] += 1
+                (mini / split / classes[label]).mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(file, mini / split / classes[label] / file.name)
+    return mini
+
+
+def cuda_tests(out: Path, mini: Path) -> dict:
     cmd = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", "tests/test_cuda.py"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=3 * BUDGET["cuda_tests"])
+    env = {**os.environ, "IMAGENETTE_MINI": str(mini)}  # where the tests look for the mini set
+    proc = subprocess.run(
+        cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3 * BUDGET["cuda_tests"]
+    )
     (out / "cuda_tests.txt").write_text(proc.stdout[-100_000:] + proc.stderr[-20_000:])
     last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-500:]
     if proc.returncode not in (0, 5):  # 5: nothing collected
@@ -140,6 +162,7 @@ def syncs(work: Path, out: Path, overrides: list[str]) -> dict:
                 "epoch": e["epoch"],
                 "waits_per_train_step": round(e["train_waits"] / max(e["train_steps"], 1), 2),
                 "waits_per_val_batch": round(e["val_waits"] / max(e["val_batches"], 1), 2),
+                "background_waits": e["background_waits"],  # the checkpoint writer's, off the loop
             }
             for e in report["epochs"]
         ]
@@ -240,6 +263,9 @@ def main() -> None:
     parser.add_argument(
         "--smoke", action="store_true", help="CPU, smoke scale, the mini set: the script's own test"
     )
+    parser.add_argument(
+        "--steps", nargs="+", choices=list(BUDGET), default=list(BUDGET), help="default: every step"
+    )
     args = parser.parse_args()
     out, work = Path(args.out), Path(args.work)
     out.mkdir(parents=True, exist_ok=True)
@@ -249,12 +275,9 @@ def main() -> None:
     cache = work / "cache"
     common = [f"data.root={root}", f"data.cache_dir={cache}"]
     if args.smoke:
-        scale, size, batch_sizes, steps, compile_bs = ["scale=smoke", "trainer=cpu"], 32, [16], 1, None
+        scale, size, batch_sizes, n_steps, compile_bs = ["scale=smoke", "trainer=cpu"], 32, [16], 1, None
     else:
-        scale, size, batch_sizes, steps, compile_bs = ["scale=leaderboard"], 128, [128, 256], 30, 256
-    check = Check(out, args.smoke)
-    check.step("device", device_report)
-    check.step("cuda_tests", lambda: cuda_tests(out))
+        scale, size, batch_sizes, n_steps, compile_bs = ["scale=leaderboard"], 128, [128, 256], 30, 256
     probe = [
         "+experiment=sota",
         "mix=mixup",
@@ -263,9 +286,16 @@ def main() -> None:
         # a GPU counts 30 steps an epoch; on the CPU (--smoke) nothing is counted: one step shows the path
         f"+trainer.limit_train_batches={1 if args.smoke else 30}",
     ]
-    check.step("syncs", lambda: syncs(work, out, [*probe, *scale, *common]))
-    check.step("throughput", lambda: throughput(root, cache, size, batch_sizes, steps, compile_bs))
-    check.step("sota_leaderboard", lambda: leaderboard(work, out, ["+experiment=sota", *scale, *common]))
+    steps = {
+        "device": device_report,
+        "cuda_tests": lambda: cuda_tests(out, mini_split(root, work)),
+        "syncs": lambda: syncs(work, out, [*probe, *scale, *common]),
+        "throughput": lambda: throughput(root, cache, size, batch_sizes, n_steps, compile_bs),
+        "sota_leaderboard": lambda: leaderboard(work, out, ["+experiment=sota", *scale, *common]),
+    }
+    check = Check(out, args.smoke)
+    for name in args.steps:
+        check.step(name, steps[name])
     (out / "gpu_check.md").write_text(table(check.results) + "\n")
     print(table(check.results))
     sys.exit(0 if check.ok() else 1)

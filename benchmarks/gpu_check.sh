@@ -2,6 +2,7 @@
 # One call on a lent GPU (the device tool), under 300 s on one H200 with 16 cores:
 #   make gpu-wheels && python benchmarks/pack_data.py --root /tmp/imagenette2-224   # here, once
 #   run(command="bash benchmarks/gpu_check.sh", carry=[".whl", "data-pack"], timeout_s=600)
+# Arguments go to gpu_check.py (--steps cuda_tests sota_leaderboard: only those).
 # The machine has torch, Lightning, timm, torchmetrics and pytest but not Hydra, and no network:
 # Hydra's wheels travel in .whl/, the full split in data-pack/ (both ignored by git). At most 8
 # files come back in $OUT; caches and run folders stay in $WORK. --smoke: the same steps on this
@@ -12,7 +13,7 @@ OUT=${OUT:-outputs/gpu_check}
 WORK=${WORK:-/tmp/lightning-sota-gpu-check}
 export PYTHONUNBUFFERED=1
 if [[ "${1:-}" == "--smoke" ]]; then
-    exec "${PYTHON:-.venv/bin/python}" benchmarks/gpu_check.py --smoke --out "$OUT" --work "$WORK"
+    exec "${PYTHON:-.venv/bin/python}" benchmarks/gpu_check.py --out "$OUT" --work "$WORK" "$@"
 fi
 PYTHON=${PYTHON:-python3}
 if ! "$PYTHON" -c "import hydra, omegaconf" 2>/dev/null; then
@@ -33,5 +34,4 @@ if [[ ! -d $PACK/train ]]; then
     }
     mkdir -p "$PACK" && tar -xf data-pack/imagenette-pack.tar -C "$PACK"
 fi
-export IMAGENETTE_MINI=$PACK  # the CUDA tests' data: the mini set does not travel
-exec "$PYTHON" benchmarks/gpu_check.py --out "$OUT" --work "$WORK" --root "$PACK"
+exec "$PYTHON" benchmarks/gpu_check.py --out "$OUT" --work "$WORK" --root "$PACK" "$@"

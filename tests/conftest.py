@@ -19,8 +19,8 @@ from lightning_sota.config import compose_config
 from lightning_sota.locks import exclusive, usable_cpus
 
 ROOT = Path(__file__).resolve().parent.parent
-# IMAGENETTE_MINI: another small split in the same layout (benchmarks/gpu_check.sh points it at
-# the data pack on a GPU machine, where ../shared does not travel).
+# IMAGENETTE_MINI: another small split in the same layout (benchmarks/gpu_check.py points it at
+# a mini-shaped part of the data pack on a GPU machine, where ../shared does not travel).
 MINI = Path(os.environ.get("IMAGENETTE_MINI", ROOT.parent / "shared" / "data" / "imagenette-mini"))
 
 
