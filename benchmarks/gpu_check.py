@@ -1,4 +1,4 @@
-"""Everything a lent GPU should tell us, in one call under 300 s on one H200
+"""Everything a lent GPU should tell us, in one call of about 320 s on one H200
 (benchmarks/gpu_check.sh runs this).
 
     python benchmarks/gpu_check.py --out $OUT [--work /tmp/...] [--root <train/ and val/>] [--smoke]
@@ -49,8 +49,9 @@ from lightning_sota.data import scan_split  # noqa: E402
 from lightning_sota.files import write_json  # noqa: E402
 from lightning_sota.locks import usable_cpus  # noqa: E402
 
-# Seconds each step may take on one H200 (16 cores, the full split): 290 in all.
-BUDGET = {"device": 5, "cuda_tests": 60, "syncs": 45, "throughput": 90, "sota_leaderboard": 90}
+# Seconds each step may take on one H200 (16 cores, the full split), its first calls' times
+# rounded up (benchmarks/RESULTS.md): 320 in all.
+BUDGET = {"device": 5, "cuda_tests": 80, "syncs": 60, "throughput": 75, "sota_leaderboard": 100}
 # The anchors the issue measures us against (../shared/REFERENCE.md, fastbook chapter 7).
 ANCHORS = {
     "leaderboard_128px_5ep": "87.43% (xse_resnext50, Imagenette leaderboard)",

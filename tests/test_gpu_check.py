@@ -53,7 +53,7 @@ def test_gpu_check_smoke_runs_every_step_without_the_test_extras(tmp_path):
     res = json.loads((out / "gpu_check.json").read_text())
     steps = ("device", "cuda_tests", "syncs", "throughput", "sota_leaderboard")
     assert all(res[s]["ok"] for s in steps), {s: res[s].get("error") for s in steps}
-    assert sum(res[s]["budget_s"] for s in steps) < 300
+    assert sum(res[s]["budget_s"] for s in steps) <= 320
     assert res["device"]["cuda"] is False and res["syncs"]["skipped"].startswith("the run is on cpu")
     assert "skipped" in res["cuda_tests"]["summary"] and "error" not in res["cuda_tests"]["summary"]
     (row,) = res["throughput"]["rows"]
