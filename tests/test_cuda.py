@@ -64,9 +64,9 @@ def test_a_gpu_run_waits_for_the_gpu_at_most_once_a_step(tmp_path, mini):
     """debug=syncs on the GPU, through the run's own on-device data path, with MixUp and the EMA:
     the loop waits once a training step at most (the previous step's finite-loss verdict) besides
     Lightning's LearningRateMonitor (one wait per parameter group on each logged step: every step
-    at scale=smoke); a validation waits twice at most, whatever its batches (an H200 showed two
-    in every epoch at 4 and at 31 batches); the last checkpoint's writer thread waits apart; its
-    interpretation ran on the GPU too."""
+    at scale=smoke); a validation waits twice at most, whatever its batches (what an H200 showed:
+    benchmarks/RESULTS.md); the last checkpoint's writer thread waits apart; its interpretation
+    ran on the GPU too."""
     run = tmp_path / "run"
     overrides = ["+experiment=sota", "mix=mixup", "weight_averaging=ema", "scale=smoke", "debug=syncs"]
     run_train(*overrides, "trainer=gpu", "trainer.devices=1", f"data.root={mini}", tmp=tmp_path)
