@@ -66,7 +66,7 @@ ablation: install
 	$(PY) train.py -m +experiment=$(subst $(space),$(comma),$(strip $(EXPERIMENTS))) \
 		seed=$$(seq -s, 0 $$(($(SEEDS) - 1))) scale=$(SCALE) tta=fastai skip_completed=true \
 		hydra.sweep.dir=$(ABLATION_RUNS) 'hydra.sweep.subdir=$${name}/seed$${seed}' $(ARGS)
-	$(PY) -m lightning_sota.ablation $(ABLATION_RUNS) --out outputs/ablation
+	$(PY) -m lightning_sota.report.ablation $(ABLATION_RUNS) --out outputs/ablation
 
 # Speed and accuracy beside fastai on the same machine (IMAGENETTE_ROOT: the full official split).
 BENCH_ARGS ?=

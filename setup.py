@@ -1,16 +1,16 @@
-"""The package list, which pyproject.toml cannot glob: lightning_sota, and conf/'s folders as
-lightning_sota.conf.* (setuptools wants each folder of package data named as a package)."""
+"""The package list, which pyproject.toml cannot glob: lightning_sota and its subpackages, and
+conf/'s folders as lightning_sota.conf.* (setuptools wants each folder of package data named as a
+package)."""
 
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 conf = Path(__file__).resolve().parent / "conf"
 groups = sorted(".".join(p.relative_to(conf).parts) for p in conf.rglob("*") if p.is_dir())
 setup(
     packages=[
-        "lightning_sota",
-        "lightning_sota.cpu",
+        *find_packages(include=["lightning_sota", "lightning_sota.*"]),
         "lightning_sota.conf",
         *(f"lightning_sota.conf.{g}" for g in groups),
     ]

@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from throughput import loader_rate, pipeline, step_rate  # noqa: E402
 
-from lightning_sota.data import scan_split  # noqa: E402
+from lightning_sota.data.datamodule import scan_split  # noqa: E402
 from lightning_sota.files import write_json  # noqa: E402
 from lightning_sota.locks import usable_cpus  # noqa: E402
 

@@ -22,7 +22,7 @@ if ! "$PYTHON" -c "import hydra, omegaconf" 2>/dev/null; then
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 # Anything else train.py imports that this machine lacks: named now, not in the first step's trace.
-if ! err=$("$PYTHON" -c "import lightning_sota.train, lightning_sota.predict" 2>&1); then
+if ! err=$("$PYTHON" -c "import lightning_sota.run.train, lightning_sota.serve.predict" 2>&1); then
     echo "gpu_check: ${err##*$'\n'}: carry its wheel in .whl/ (make gpu-wheels)" >&2
     exit 2
 fi

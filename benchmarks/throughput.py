@@ -3,7 +3,7 @@
     python benchmarks/throughput.py --root /path/to/imagenette2-224 [--sizes 64 128 224] [--device cuda]
 
 Both are the product's own pipeline, built from the composed config as a run builds it
-(lightning_sota.build.build_module): loader = cache -> uint8 batch -> device -> fused
+(lightning_sota.run.build.build_module): loader = cache -> uint8 batch -> device -> fused
 augmentation -> normalized float batch, what the model receives (the caches are built first and
 reported apart); step = forward, backward and optimizer step of the run's model, loss and
 optimizer on such a batch, eager in four precision/memory-format variants, bf16 + channels_last
@@ -23,10 +23,10 @@ import time
 import torch
 from hydra.utils import instantiate
 
-from lightning_sota.build import build_module, cpu_tuning
-from lightning_sota.config import compose_config
-from lightning_sota.data import ImagenetteDataModule
-from lightning_sota.module import ImageClassifier
+from lightning_sota.config.compose import compose_config
+from lightning_sota.data.datamodule import ImagenetteDataModule
+from lightning_sota.run.build import build_module, cpu_tuning
+from lightning_sota.training.module import ImageClassifier
 
 
 def sync(device: torch.device) -> None:

@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from lightning_sota.config import compose_config
+from lightning_sota.config.compose import compose_config
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -7,10 +7,10 @@ images as fastai's ``load_learner(...).predict(...)`` does::
 
 
 def __getattr__(name: str):
-    # Imported when asked for: `python -m lightning_sota.predict` must not find the module already
-    # imported by its own package.
+    # Imported when asked for: `python -m lightning_sota.serve.predict` must not find the module
+    # already imported by its own package.
     if name in ("load_run", "Predictor"):
-        from . import predict
+        from .serve import predict
 
         return getattr(predict, name)
     raise AttributeError(f"module 'lightning_sota' has no attribute {name!r}")

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lightning_sota.config import compose_config
+from lightning_sota.config.compose import compose_config
 from lightning_sota.locks import exclusive, usable_cpus
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,7 +97,7 @@ def mini() -> Path:
 def run_cli(
     *argv: str | Path, ok: bool | None = True, cwd: Path = ROOT, env: dict | None = None, timeout: int = 600
 ) -> subprocess.CompletedProcess:
-    """A command as a user types it (``python -m lightning_sota.evaluate ...``; ``python`` is this
+    """A command as a user types it (``python -m lightning_sota.serve.evaluate ...``; ``python`` is this
     interpreter), in a subprocess. ``ok``: it must exit 0 (True) or fail (False); None: either."""
     args = [sys.executable if a == "python" else str(a) for a in argv]
     proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)

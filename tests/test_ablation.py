@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from lightning_sota.ablation import collect, summarize, write_report
 from lightning_sota.errors import DataError
-from lightning_sota.results import is_complete
+from lightning_sota.report.ablation import collect, summarize, write_report
+from lightning_sota.run.results import is_complete
 
 from .conftest import run_train
 

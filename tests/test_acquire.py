@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from lightning_sota import acquire
-from lightning_sota.acquire import resolve_root
+from lightning_sota.data import acquire
+from lightning_sota.data.acquire import resolve_root
 from lightning_sota.errors import DataError
 
 from .conftest import ROOT, make_folder
@@ -62,7 +62,7 @@ def test_download_verify_and_extract(tmp_path, server, monkeypatch):
 
 FETCH = """
 import sys
-from lightning_sota import acquire
+from lightning_sota.data import acquire
 acquire.ARCHIVES["160px"] = ("imagenette2-160.tgz", sys.argv[3])
 print(acquire.resolve_root(sys.argv[1], "160px", download=True, base_url=sys.argv[2]))
 """

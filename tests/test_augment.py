@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_sota.augment import BatchAugment, logit_lighting, perspective
+from lightning_sota.augment.augment import BatchAugment, logit_lighting, perspective
 
 OFF = dict(min_scale=1.0, p_flip=0.0, max_rotate=0.0, max_zoom=1.0, max_warp=0.0, max_lighting=0.0)
 

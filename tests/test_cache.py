@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lightning_sota import cache
-from lightning_sota.cache import build_cache
+from lightning_sota.data import cache
+from lightning_sota.data.cache import build_cache
 from lightning_sota.locks import exclusive
 
 from .conftest import write_image
@@ -74,7 +74,7 @@ def test_corrupt_file_is_marked_not_fatal(tmp_path):
 BUILD = """
 import sys, time
 from pathlib import Path
-from lightning_sota import cache
+from lightning_sota.data import cache
 real = cache.load_image
 def slow(*a, **k):
     time.sleep(0.05)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lightning_sota.checks import check_config, unsynced_batch_norm
+from lightning_sota.config.checks import check_config, unsynced_batch_norm
 from lightning_sota.errors import ConfigError
 
 from .conftest import config, run_train

@@ -7,12 +7,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lightning_sota.build import build_module, cpu_tuning
-from lightning_sota.checkpoint import keep_plan, saved_config
-from lightning_sota.checks import check_config
+from lightning_sota.config.checks import check_config
 from lightning_sota.cpu import CpuTuning
 from lightning_sota.cpu.small_map_conv import SmallMapConv2d
 from lightning_sota.errors import ConfigError
+from lightning_sota.run.build import build_module, cpu_tuning
+from lightning_sota.run.checkpoint import keep_plan, saved_config
 
 from .conftest import config
 

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from lightning_sota.augment import BatchAugment
-from lightning_sota.predict import Predictor
+from lightning_sota.augment.augment import BatchAugment
+from lightning_sota.serve.predict import Predictor
 
 from .conftest import results, run_train
 from .test_augment import batch

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_sota.augment import BatchAugment
-from lightning_sota.data import (
+from lightning_sota.augment.augment import BatchAugment
+from lightning_sota.data.datamodule import (
     DeviceImages,
     ImagenetteDataModule,
     Phase,

@@ -11,7 +11,7 @@ from .conftest import COLOURS, run_cli, write_image
 
 
 def evaluate(*args) -> subprocess.CompletedProcess:
-    return run_cli("python", "-m", "lightning_sota.evaluate", *args, ok=None)
+    return run_cli("python", "-m", "lightning_sota.serve.evaluate", *args, ok=None)
 
 
 @pytest.mark.slow

@@ -66,7 +66,7 @@ def test_the_leaderboard_experiment_at_its_scale_follows_its_rules():
         False,
         1.0,
     )
-    assert cfg["optim"]["_target_"] == "lightning_sota.optim.ranger" and cfg["optim"]["lr"] == 8e-3
+    assert cfg["optim"]["_target_"] == "lightning_sota.training.optim.ranger" and cfg["optim"]["lr"] == 8e-3
     assert cfg["optim"]["betas"] == [0.95, 0.99] and cfg["optim"]["eps"] == 1e-6
     assert cfg["optim"]["weight_decay"] == 1e-4 and cfg["schedule"]["pct_start"] == 0.75
     assert cfg["loss"]["label_smoothing"] == 0.1 and cfg["normalize"]["mean"] is None

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_sota.data import scan_split
-from lightning_sota.predict import Predictor
+from lightning_sota.data.datamodule import scan_split
+from lightning_sota.serve.predict import Predictor
 
 from .conftest import run_cli
 
@@ -19,7 +19,7 @@ ort = pytest.importorskip("onnxruntime", reason="the export extra: pip install '
 @pytest.mark.slow
 def test_onnx_export_agrees_with_pytorch_on_every_mini_val_image(trained_run, mini, tmp_path):
     out = tmp_path / "exported" / "model.onnx"
-    run_cli("python", "-m", "lightning_sota.export", trained_run, "--onnx", out)
+    run_cli("python", "-m", "lightning_sota.serve.export", trained_run, "--onnx", out)
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["input"]["shape"] == ["batch", 3, 32, 32] and len(meta["classes"]) == 10
     assert meta["input"]["valid_scale"] == 0.875  # sota's centre crop, for a user rebuilding the view

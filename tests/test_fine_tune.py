@@ -7,8 +7,8 @@ import timm
 import torch
 from torch import nn
 
-from lightning_sota.optim import adam
-from lightning_sota.schedule import pretrained_fine_tune
+from lightning_sota.training.optim import adam
+from lightning_sota.training.schedule import pretrained_fine_tune
 
 from .conftest import results, run_train
 

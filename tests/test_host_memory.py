@@ -15,7 +15,7 @@ import pytest
 STEPS = """
 import resource, statistics, sys, torch
 from lightning_sota.cpu.host_memory import reuse_freed_host_memory
-from lightning_sota.models import create_model
+from lightning_sota.models.xresnet import create_model
 if sys.argv[1] == "reuse":
     assert reuse_freed_host_memory()
 model = create_model("xresnet18", num_classes=10).train()

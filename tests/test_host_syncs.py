@@ -23,10 +23,10 @@ from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torchmetrics import Metric
 
-from lightning_sota import data as data_module
-from lightning_sota.build import build_module, cpu_tuning
-from lightning_sota.callbacks import HostSyncCount
-from lightning_sota.weight_averaging import HostCountedAverage
+from lightning_sota.data import datamodule as data_module
+from lightning_sota.run.build import build_module, cpu_tuning
+from lightning_sota.training.callbacks import HostSyncCount
+from lightning_sota.training.weight_averaging import HostCountedAverage
 
 from .conftest import config
 

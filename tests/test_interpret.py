@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_sota import interpret
-from lightning_sota.augment import BatchAugment
-from lightning_sota.data import ImagenetteDataModule
-from lightning_sota.module import ImageClassifier
-from lightning_sota.normalize import Normalize
+from lightning_sota.augment.augment import BatchAugment
+from lightning_sota.augment.normalize import Normalize
+from lightning_sota.data.datamodule import ImagenetteDataModule
+from lightning_sota.report import interpret
+from lightning_sota.training.module import ImageClassifier
 
 
 def test_accuracies_match_a_hand_count():
@@ -92,7 +92,7 @@ def test_interpretation_runs_on_the_strategys_device_before_teardown(tmp_path, m
     weights, and its figures reach results.json."""
     from pytorch_lightning.strategies import Strategy
 
-    from lightning_sota.train import train
+    from lightning_sota.run.train import train
 
     from .conftest import config
 

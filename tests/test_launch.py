@@ -1,4 +1,4 @@
-"""Every rank of a torchrun/srun job writes into rank 0's run folder (lightning_sota/launch.py)."""
+"""Every rank of a torchrun/srun job writes into rank 0's run folder (lightning_sota/run/launch.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from lightning_sota import launch
+from lightning_sota.run import launch
 
 from .conftest import ROOT, run_cli
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lightning_sota.lr_find import trimmed, valley
+from lightning_sota.report.lr_find import trimmed, valley
 
 from .conftest import MINI, results, run_train
 

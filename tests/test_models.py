@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from lightning_sota.errors import ConfigError
-from lightning_sota.layers import MaxBlurPool
-from lightning_sota.models import create_model
+from lightning_sota.models.layers import MaxBlurPool
+from lightning_sota.models.xresnet import create_model
 
 
 def test_xresnet50_topology_and_init():

@@ -10,10 +10,10 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 
-from lightning_sota.build import build_run
-from lightning_sota.checks import check_config
+from lightning_sota.config.checks import check_config
 from lightning_sota.errors import ConfigError
-from lightning_sota.resume import resumed_config
+from lightning_sota.run.build import build_run
+from lightning_sota.run.resume import resumed_config
 
 from .conftest import MINI, config, run_train
 from .test_schedule import one_cycle_lr
@@ -230,7 +230,7 @@ def test_the_ema_count_survives_a_checkpoint():
     next update would copy the weights instead)."""
     from torch.optim.swa_utils import get_ema_multi_avg_fn
 
-    from lightning_sota.weight_averaging import HostCountedAverage
+    from lightning_sota.training.weight_averaging import HostCountedAverage
 
     def average(model: torch.nn.Module) -> HostCountedAverage:
         return HostCountedAverage(model, use_buffers=True, multi_avg_fn=get_ema_multi_avg_fn(0.5))

@@ -11,13 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from lightning_sota.augment import BatchAugment
-from lightning_sota.cache import build_cache, upright_size
-from lightning_sota.checkpoint import restore, scoring_data
-from lightning_sota.data import scan_split
-from lightning_sota.evaluate import evaluate
-from lightning_sota.interpret import predictions
-from lightning_sota.predict import Images, cache_batch
+from lightning_sota.augment.augment import BatchAugment
+from lightning_sota.data.cache import build_cache, upright_size
+from lightning_sota.data.datamodule import scan_split
+from lightning_sota.report.interpret import predictions
+from lightning_sota.run.checkpoint import restore, scoring_data
+from lightning_sota.serve.evaluate import evaluate
+from lightning_sota.serve.predict import Images, cache_batch
 
 from .conftest import COLOURS, run_cli, write_image
 
@@ -105,7 +105,7 @@ def test_batched_predict_agrees_with_evaluate_image_by_image(trained_run, mini):
 
     def predict(precision: str) -> list[dict]:
         flags = ["--batch-size=48", f"--precision={precision}"]
-        proc = run_cli("python", "-m", "lightning_sota.predict", *flags, trained_run, mini / "val")
+        proc = run_cli("python", "-m", "lightning_sota.serve.predict", *flags, trained_run, mini / "val")
         assert "predicted 200 images in" in proc.stderr and "images/s" in proc.stderr
         lines = [json.loads(line) for line in proc.stdout.splitlines()]
         assert [Path(x["path"]).name for x in lines] == [f.name for f in files]
@@ -133,7 +133,9 @@ def test_the_python_api_predicts_what_the_command_line_prints(trained_run, mini)
     from lightning_sota import load_run
 
     files = sorted((mini / "val").glob("*/*.JPEG"))[::40]
-    proc = run_cli("python", "-m", "lightning_sota.predict", trained_run, *files, "--precision", "32-true")
+    proc = run_cli(
+        "python", "-m", "lightning_sota.serve.predict", trained_run, *files, "--precision", "32-true"
+    )
     cli = [json.loads(line) for line in proc.stdout.splitlines()]
     run = load_run(trained_run, precision="32-true")
     assert len(run.classes) == 10 and all(line["class"] in run.classes for line in cli)

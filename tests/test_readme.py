@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from lightning_sota.results import is_complete
+from lightning_sota.run.results import is_complete
 
 from .conftest import MINI, ROOT, run_cli
 

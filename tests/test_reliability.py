@@ -19,11 +19,11 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
-from lightning_sota import acquire
-from lightning_sota.acquire import resolve_root
-from lightning_sota.data import ImagenetteDataModule, ShardedBatches, scan_split
+from lightning_sota.data import acquire
+from lightning_sota.data.acquire import resolve_root
+from lightning_sota.data.datamodule import ImagenetteDataModule, ShardedBatches, scan_split
 from lightning_sota.errors import ConfigError, DataError
-from lightning_sota.predict import Predictor
+from lightning_sota.serve.predict import Predictor
 
 from .conftest import config, make_folder, run_cli, run_train, train_command
 from .test_acquire import make_tgz
@@ -111,7 +111,7 @@ def test_checkpoint_is_self_describing_and_predict_cli(reference, tmp_path, mini
     (images / "notes.txt").write_text("ignored")
     for extra in ([], ["--tta"]):
         ckpt = reference / "checkpoints" / "last.ckpt"
-        proc = run_cli("python", "-m", "lightning_sota.predict", ckpt, images, *extra, ok=False)
+        proc = run_cli("python", "-m", "lightning_sota.serve.predict", ckpt, images, *extra, ok=False)
         assert proc.returncode == 1  # one file was unreadable
         lines = [json.loads(line) for line in proc.stdout.splitlines()]
         assert [Path(x["path"]).name for x in lines] == ["a.JPEG", "b.JPEG"]

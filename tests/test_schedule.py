@@ -9,8 +9,8 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from lightning_sota.optim import adam
-from lightning_sota.schedule import Cycle, CycleSchedule, fine_tune, one_cycle
+from lightning_sota.training.optim import adam
+from lightning_sota.training.schedule import Cycle, CycleSchedule, fine_tune, one_cycle
 
 from .conftest import config
 

@@ -11,10 +11,10 @@ import torch
 from omegaconf import OmegaConf
 
 from lightning_sota import load_run
-from lightning_sota.augment import BatchAugment
-from lightning_sota.export import beyond_timm, timm_view
-from lightning_sota.models import create_model
-from lightning_sota.weights import timm_name
+from lightning_sota.augment.augment import BatchAugment
+from lightning_sota.models.weights import timm_name
+from lightning_sota.models.xresnet import create_model
+from lightning_sota.serve.export import beyond_timm, timm_view
 
 from .conftest import run_cli
 
@@ -22,7 +22,7 @@ from .conftest import run_cli
 @pytest.mark.slow
 def test_timm_loads_the_export_back_and_computes_the_runs_logits(trained_run, tmp_path):
     out = tmp_path / "shared"
-    run_cli("python", "-m", "lightning_sota.export", trained_run, "--timm", out)
+    run_cli("python", "-m", "lightning_sota.serve.export", trained_run, "--timm", out)
     config = json.loads((out / "config.json").read_text())
     run = load_run(trained_run, precision="32-true")
     arch = json.loads((trained_run / "results.json").read_text())["arch"]
@@ -74,7 +74,9 @@ def test_a_blur_pool_stem_is_refused_in_one_line(trained_run, tmp_path):
     (tmp_path / "checkpoints").mkdir()
     torch.save(ckpt, tmp_path / "checkpoints" / "last.ckpt")
     shutil.copy(trained_run / "results.json", tmp_path)
-    proc = run_cli("python", "-m", "lightning_sota.export", tmp_path, "--timm", tmp_path / "out", ok=False)
+    proc = run_cli(
+        "python", "-m", "lightning_sota.serve.export", tmp_path, "--timm", tmp_path / "out", ok=False
+    )
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert proc.stderr.startswith("error: --timm: timm's config cannot describe the MaxBlurPool stem")
     assert not (tmp_path / "out").exists()

@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from lightning_sota import show_batch
-from lightning_sota.build import build_module, cpu_tuning
-from lightning_sota.show_batch import ShowBatch, save_grid
+from lightning_sota.report import show_batch
+from lightning_sota.report.show_batch import ShowBatch, save_grid
+from lightning_sota.run.build import build_module, cpu_tuning
 
 from .conftest import config, run_cli
 
@@ -71,10 +71,17 @@ def test_command_draws_a_config_without_training(tmp_path, mini):
     common = [f"data.root={mini}", f"data.cache_dir={tmp_path / 'cache'}"]
     out = tmp_path / "batch.png"
     proc = run_cli(
-        "python", "-m", "lightning_sota.show_batch", "+experiment=sota", "scale=smoke", *common, "--out", out
+        "python",
+        "-m",
+        "lightning_sota.report.show_batch",
+        "+experiment=sota",
+        "scale=smoke",
+        *common,
+        "--out",
+        out,
     )
     assert proc.stdout.strip() == str(out)
     with Image.open(out) as img:
         assert img.format == "PNG" and min(img.size) > 300
-    proc = run_cli("python", "-m", "lightning_sota.show_batch", "scale=smol", *common, ok=False)
+    proc = run_cli("python", "-m", "lightning_sota.report.show_batch", "scale=smol", *common, ok=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "scale/smol" in proc.stderr

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_sota.cpu.small_map_conv import SmallMapConv2d, use_small_map_gemm
-from lightning_sota.models import create_model
+from lightning_sota.models.xresnet import create_model
 
 CL = torch.channels_last
 

@@ -10,11 +10,11 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from torch import nn
 
-from lightning_sota.mix import CutMix, MixUp, mixed_loss
-from lightning_sota.normalize import Normalize
-from lightning_sota.schedule import fine_tune
-from lightning_sota.tta import TestTimeAugmentation as TTA
-from lightning_sota.tta import combine
+from lightning_sota.augment.mix import CutMix, MixUp, mixed_loss
+from lightning_sota.augment.normalize import Normalize
+from lightning_sota.augment.tta import TestTimeAugmentation as TTA
+from lightning_sota.augment.tta import combine
+from lightning_sota.training.schedule import fine_tune
 
 from .conftest import config
 
@@ -119,7 +119,7 @@ class Fixed(nn.Module):
 
 
 def test_tta_callback_equals_the_formula_on_a_fixed_model():
-    from lightning_sota.augment import BatchAugment
+    from lightning_sota.augment.augment import BatchAugment
 
     aug = BatchAugment()
 

@@ -65,7 +65,11 @@ def test_compiled_model_trains_and_its_checkpoint_reads_back_eagerly(tmp_path, m
     )
     assert res["compile"]["mode"] is True and res["compile"]["graphs"] >= 2  # a train and a val graph
     proc = run_cli(
-        "python", "-m", "lightning_sota.evaluate", tmp_path / "run", f"data.cache_dir={tmp_path / 'cache'}"
+        "python",
+        "-m",
+        "lightning_sota.serve.evaluate",
+        tmp_path / "run",
+        f"data.cache_dir={tmp_path / 'cache'}",
     )
     evaluated = yaml.safe_load(proc.stdout)
     # Eager and compiled kernels round differently: a borderline image may flip, no more.

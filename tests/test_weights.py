@@ -9,10 +9,10 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from lightning_sota.build import build_module, cpu_tuning
-from lightning_sota.checks import check_config
+from lightning_sota.config.checks import check_config
 from lightning_sota.errors import ConfigError
-from lightning_sota.weights import normalize_for_weights
+from lightning_sota.models.weights import normalize_for_weights
+from lightning_sota.run.build import build_module, cpu_tuning
 
 from .conftest import config, results, run_cli, run_train
 
@@ -140,7 +140,7 @@ def test_a_run_from_a_weights_file_records_it_and_outlives_it(tmp_path, mini):
     proc = run_cli(
         "python",
         "-m",
-        "lightning_sota.evaluate",
+        "lightning_sota.serve.evaluate",
         tmp_path / "run",
         f"data.root={mini}",
         f"data.cache_dir={tmp_path / 'cache'}",

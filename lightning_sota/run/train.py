@@ -15,16 +15,16 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from .build import build_run
-from .checks import check_config, check_multirun
-from .cli import one_line_errors
-from .config import CONFIG_DIR
-from .files import write_json
-from .loggers import keep_rows_before
-from .lr_find import find_lr
-from .results import is_complete, summarize
-from .resume import Resume, resumed
-from .weights import normalize_for_weights
+from lightning_sota.cli import one_line_errors
+from lightning_sota.config.checks import check_config, check_multirun
+from lightning_sota.config.compose import CONFIG_DIR
+from lightning_sota.files import write_json
+from lightning_sota.models.weights import normalize_for_weights
+from lightning_sota.report.lr_find import find_lr
+from lightning_sota.run.build import build_run
+from lightning_sota.run.results import is_complete, summarize
+from lightning_sota.run.resume import Resume, resumed
+from lightning_sota.training.loggers import keep_rows_before
 
 log = logging.getLogger("lightning_sota")
 # The loader gathers whole batches from a memory map in the main process on purpose.

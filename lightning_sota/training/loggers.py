@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import CSVLogger, Logger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
-from .files import staged
+from lightning_sota.files import staged
 
 METRICS = "metrics.csv"
 

@@ -19,10 +19,10 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .acquire import has_splits, resolve_root, valid_folder
-from .cache import ImageCache, build_cache
-from .checks import check_batch_split
-from .errors import DataError
+from lightning_sota.config.checks import check_batch_split
+from lightning_sota.data.acquire import has_splits, resolve_root, valid_folder
+from lightning_sota.data.cache import ImageCache, build_cache
+from lightning_sota.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ import torch
 from timm.layers import BlurPool2d, get_act_layer
 from torch import nn
 
-from .layers import MaxBlurPool, SimpleSelfAttention, fastai_se
-from .weights import XRESNETS, check_pretrained, from_timm, load_pretrained
+from lightning_sota.models.layers import MaxBlurPool, SimpleSelfAttention, fastai_se
+from lightning_sota.models.weights import XRESNETS, check_pretrained, from_timm, load_pretrained
 
 
 def add_self_attention(model: nn.Module, arch: str) -> None:

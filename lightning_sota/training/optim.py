@@ -11,7 +11,7 @@ from timm.optim import Lookahead
 from torch import nn
 from torch.optim.adam import adam as adam_update
 
-from .models import param_splits
+from lightning_sota.models.xresnet import param_splits
 
 NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 

@@ -16,16 +16,16 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.plugins.io import AsyncCheckpointIO
 
-from .callbacks import History, ProgressiveResize
-from .checks import check_batch_split, unsynced_batch_norm
-from .cpu import CpuTuning
-from .data import ImagenetteDataModule
-from .errors import ConfigError, UserError
-from .interpret import Interpretation
-from .loggers import log_config
-from .module import ImageClassifier
-from .show_batch import ShowBatch
-from .tta import TestTimeAugmentation
+from lightning_sota.augment.tta import TestTimeAugmentation
+from lightning_sota.config.checks import check_batch_split, unsynced_batch_norm
+from lightning_sota.cpu import CpuTuning
+from lightning_sota.data.datamodule import ImagenetteDataModule
+from lightning_sota.errors import ConfigError, UserError
+from lightning_sota.report.interpret import Interpretation
+from lightning_sota.report.show_batch import ShowBatch
+from lightning_sota.training.callbacks import History, ProgressiveResize
+from lightning_sota.training.loggers import log_config
+from lightning_sota.training.module import ImageClassifier
 
 log = logging.getLogger(__name__)
 

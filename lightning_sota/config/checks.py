@@ -16,9 +16,9 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from .cpu import Switch
-from .errors import ConfigError
-from .weights import check_pretrained
+from lightning_sota.cpu import Switch
+from lightning_sota.errors import ConfigError
+from lightning_sota.models.weights import check_pretrained
 
 PHASES_FIX = "epochs come from the phases: set scale.epochs (resize=fixed) or scale.progressive.N.epochs"
 WHOLE_SPLIT = "val_acc and tta_acc are scored on the whole validation split every epoch: remove it"

@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_info
 
-from .files import write_json
+from lightning_sota.files import write_json
 
 
 class History(pl.Callback):

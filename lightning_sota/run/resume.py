@@ -12,8 +12,8 @@ from pathlib import Path
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig
 
-from .checkpoint import keep_plan, load_checkpoint, saved_config
-from .errors import ConfigError
+from lightning_sota.errors import ConfigError
+from lightning_sota.run.checkpoint import keep_plan, load_checkpoint, saved_config
 
 
 @dataclass(frozen=True)

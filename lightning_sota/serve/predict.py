@@ -28,11 +28,11 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from .cache import load_image, place, stored_shape, upright_size
-from .checkpoint import restore
-from .cli import one_line_errors
-from .data import IMAGE_SUFFIXES
-from .locks import usable_cpus
+from lightning_sota.cli import one_line_errors
+from lightning_sota.data.cache import load_image, place, stored_shape, upright_size
+from lightning_sota.data.datamodule import IMAGE_SUFFIXES
+from lightning_sota.locks import usable_cpus
+from lightning_sota.run.checkpoint import restore
 
 Item = str | Path | Image.Image | torch.Tensor
 

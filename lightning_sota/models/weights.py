@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from .errors import ConfigError
+from lightning_sota.errors import ConfigError
 
 XRESNETS = {
     "xresnet18": "resnet18d",
@@ -147,5 +147,5 @@ def normalize_for_weights(cfg: DictConfig, overrides: list[str]) -> None:
         return
     stats = weight_stats(cfg.model.arch, pretrained)
     if stats:
-        target = {"_target_": "lightning_sota.normalize.Normalize", **stats, "from_batch": False}
+        target = {"_target_": "lightning_sota.augment.normalize.Normalize", **stats, "from_batch": False}
         OmegaConf.update(cfg, "normalize", target, merge=False)

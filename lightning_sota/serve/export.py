@@ -24,12 +24,12 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from .augment import BatchAugment
-from .checkpoint import Restored, restore
-from .cli import one_line_errors
-from .errors import ConfigError
-from .files import staged, write_json
-from .models import se_base
+from lightning_sota.augment.augment import BatchAugment
+from lightning_sota.cli import one_line_errors
+from lightning_sota.errors import ConfigError
+from lightning_sota.files import staged, write_json
+from lightning_sota.models.xresnet import se_base
+from lightning_sota.run.checkpoint import Restored, restore
 
 
 class Classifier(nn.Module):

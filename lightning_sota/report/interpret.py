@@ -29,10 +29,10 @@ from torchmetrics.classification import (  # noqa: E402
     MulticlassRecall,
 )
 
-from .callbacks import History  # noqa: E402
-from .data import ImagenetteDataModule  # noqa: E402
-from .module import ImageClassifier  # noqa: E402
-from .show_batch import save_figure, save_grid  # noqa: E402
+from lightning_sota.data.datamodule import ImagenetteDataModule  # noqa: E402
+from lightning_sota.report.show_batch import save_figure, save_grid  # noqa: E402
+from lightning_sota.training.callbacks import History  # noqa: E402
+from lightning_sota.training.module import ImageClassifier  # noqa: E402
 
 # Rank 0 scores the whole split alone: under DDP the metrics must not wait for the other ranks.
 LOCAL = {"sync_on_compute": False, "dist_sync_on_step": False}

@@ -19,11 +19,11 @@ import time
 
 from omegaconf import OmegaConf
 
-from .checkpoint import FREE, restore, scoring_data
-from .cli import one_line_errors
-from .errors import ConfigError
-from .files import write_json
-from .interpret import predictions, scores
+from lightning_sota.cli import one_line_errors
+from lightning_sota.errors import ConfigError
+from lightning_sota.files import write_json
+from lightning_sota.report.interpret import predictions, scores
+from lightning_sota.run.checkpoint import FREE, restore, scoring_data
 
 
 def evaluate(target: str, overrides: list[str], tta: bool = False, split: str = "val") -> dict:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-from .errors import DataError
-from .files import staged
-from .locks import exclusive
+from lightning_sota.errors import DataError
+from lightning_sota.files import staged
+from lightning_sota.locks import exclusive
 
 # torchvision's Imagenette archives (torchvision.datasets.Imagenette._ARCHIVES).
 BASE_URL = "https://s3.amazonaws.com/fast-ai-imageclas"

@@ -28,8 +28,8 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps
 from rich.progress import Progress
 
-from .files import is_stage, staged
-from .locks import exclusive, usable_cpus
+from lightning_sota.files import is_stage, staged
+from lightning_sota.locks import exclusive, usable_cpus
 
 # 2: EXIF orientation applied (phone photos stored upright); caches of version 1 are rebuilt.
 CACHE_VERSION = 2

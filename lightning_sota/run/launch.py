@@ -16,7 +16,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from .files import staged
+from lightning_sota.files import staged
 
 LAUNCHES = Path("outputs/.launches")  # relative to where the job runs, as the run folders are
 WAIT_SECONDS = 60.0  # the ranks of one job start within seconds of each other

@@ -1,6 +1,6 @@
 """Aggregate the results.json files of any runs into the chapter's table, with error bars.
 
-    python -m lightning_sota.ablation outputs/multiruns/<time> [--out <folder>]
+    python -m lightning_sota.report.ablation outputs/multiruns/<time> [--out <folder>]
 
 Writes, into the runs folder unless --out says otherwise, ``results.csv`` (one row per run),
 ``results.md`` (per experiment: n, mean ± std of val_acc and tta_acc, Δ vs baseline with its
@@ -25,9 +25,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from .cli import one_line_errors  # noqa: E402
-from .errors import DataError  # noqa: E402
-from .results import is_complete  # noqa: E402
+from lightning_sota.cli import one_line_errors  # noqa: E402
+from lightning_sota.errors import DataError  # noqa: E402
+from lightning_sota.run.results import is_complete  # noqa: E402
 
 # The chapter's order; other experiments follow alphabetically.
 CHAPTER_ORDER = ["baseline", "normalize", "progressive_resize", "tta", "mixup", "label_smoothing", "sota"]

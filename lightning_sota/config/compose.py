@@ -10,14 +10,14 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .errors import ConfigError
-from .launch import rank_suffix, rank_zero, run_time
+from lightning_sota.errors import ConfigError
+from lightning_sota.run.launch import rank_suffix, rank_zero, run_time
 
 
 def config_dir() -> str:
     """``conf/``: inside the installed package (a wheel maps the project's top-level ``conf/``
     to ``lightning_sota/conf``), else beside the package in a checkout."""
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parent.parent
     inside = package / "conf"
     return str(inside if (inside / "config.yaml").is_file() else package.parent / "conf")
 

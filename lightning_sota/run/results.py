@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from omegaconf import DictConfig
 
 if TYPE_CHECKING:
-    from .build import Run
+    from lightning_sota.run.build import Run
 
 # What a finished run's results.json must hold for a report (and for skip_completed to skip it).
 REQUIRED = ("experiment", "seed", "val_acc", "epochs", "train_seconds", "history")

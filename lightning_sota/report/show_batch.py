@@ -1,6 +1,6 @@
 """fastai's show_batch: a labelled grid of the images the model is given, saved as a PNG.
 
-    python -m lightning_sota.show_batch +experiment=sota scale=smoke [--valid] [--out show_batch.png]
+    python -m lightning_sota.report.show_batch +experiment=sota scale=smoke [--valid] [--out show_batch.png]
 
 Every run saves its first training batch as ``show_batch.png`` in its folder (the ShowBatch
 callback: the very images of the first step, before MixUp). This command draws one for any
@@ -24,11 +24,11 @@ import torch  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from .checks import check_config  # noqa: E402
-from .cli import one_line_errors  # noqa: E402
-from .config import compose_config  # noqa: E402
-from .files import staged  # noqa: E402
-from .module import step_seed  # noqa: E402
+from lightning_sota.cli import one_line_errors  # noqa: E402
+from lightning_sota.config.checks import check_config  # noqa: E402
+from lightning_sota.config.compose import compose_config  # noqa: E402
+from lightning_sota.files import staged  # noqa: E402
+from lightning_sota.training.module import step_seed  # noqa: E402
 
 
 def save_grid(images: Tensor, titles: list[str], path: Path, title: str, n: int = 9) -> Path:

@@ -14,12 +14,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from .build import build_module, cpu_tuning
-from .checks import check_switches
-from .data import ImagenetteDataModule
-from .errors import ConfigError
-from .module import ImageClassifier
-from .tta import TestTimeAugmentation
+from lightning_sota.augment.tta import TestTimeAugmentation
+from lightning_sota.config.checks import check_switches
+from lightning_sota.data.datamodule import ImagenetteDataModule
+from lightning_sota.errors import ConfigError
+from lightning_sota.run.build import build_module, cpu_tuning
+from lightning_sota.training.module import ImageClassifier
 
 # What a command given a trained run may change: where its data is and what computes, never
 # what was trained. A key covers everything under it (``cpu`` covers ``cpu.small_map_gemm``).

@@ -12,10 +12,10 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torchmetrics.classification import MulticlassAccuracy
 
-from .augment import BatchAugment
-from .errors import NonFiniteLossError
-from .mix import mixed_loss
-from .normalize import Normalize
+from lightning_sota.augment.augment import BatchAugment
+from lightning_sota.augment.mix import mixed_loss
+from lightning_sota.augment.normalize import Normalize
+from lightning_sota.errors import NonFiniteLossError
 
 
 def step_seed(seed: int, rank: int, epoch: int, batch: int) -> int:

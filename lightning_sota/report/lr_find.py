@@ -22,9 +22,9 @@ import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 from pytorch_lightning.tuner import Tuner  # noqa: E402
 
-from .data import ImagenetteDataModule, Phase  # noqa: E402
-from .module import ImageClassifier  # noqa: E402
-from .show_batch import save_figure  # noqa: E402
+from lightning_sota.data.datamodule import ImagenetteDataModule, Phase  # noqa: E402
+from lightning_sota.report.show_batch import save_figure  # noqa: E402
+from lightning_sota.training.module import ImageClassifier  # noqa: E402
 
 START_LR, END_LR, STEPS = 1e-7, 10.0, 100
 

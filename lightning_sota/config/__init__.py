@@ -1,0 +1,1 @@
+"""The config: its folder and resolvers, the typed schema, and the rules that span several keys."""

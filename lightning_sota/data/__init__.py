@@ -1,0 +1,1 @@
+"""The dataset: download and verification, presized caches, the DataModule and its batches."""

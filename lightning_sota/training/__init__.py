@@ -1,0 +1,1 @@
+"""The LightningModule and what trains it: optimizers, schedules, callbacks, weight averaging, loggers."""
