@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from throughput import loader_rate, pipeline, step_rate  # noqa: E402
 
-from lightning_sota.data.datamodule import scan_split  # noqa: E402
+from lightning_sota.data.folders import scan_split  # noqa: E402
 from lightning_sota.files import write_json  # noqa: E402
 from lightning_sota.locks import usable_cpus  # noqa: E402
 
@@ -184,7 +184,7 @@ def throughput(
         for on_device in (False, True):  # the host's memory-map gather, then data.on_device
             flag = f"data.on_device={str(on_device).lower()}"
             data, module = pipeline(str(root), size, bs, device, [*xresnet50, flag], str(cache))
-            batches = max(2, min(30, data.train_batches(data.phases[0]) - 3))
+            batches = max(2, min(30, data.plan.batches[0] - 3))
             loaders[on_device] = loader_rate(data, module, batches)
         eager, _ = step_rate(data, module, bf16, steps)
         compiled = compile_seconds = None

@@ -26,7 +26,7 @@ from pathlib import Path
 from PIL import Image, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from lightning_sota.data.datamodule import scan_split  # noqa: E402
+from lightning_sota.data.folders import scan_split  # noqa: E402
 from lightning_sota.locks import usable_cpus  # noqa: E402
 
 MIB = 1 << 20

@@ -21,11 +21,11 @@ import os
 import time
 
 import torch
-from hydra.utils import instantiate
 
 from lightning_sota.config.compose import compose_config
 from lightning_sota.data.datamodule import ImagenetteDataModule
 from lightning_sota.run.build import build_module, cpu_tuning
+from lightning_sota.run.plan import prepared_data
 from lightning_sota.training.module import ImageClassifier
 
 
@@ -48,10 +48,11 @@ def pipeline(
     phase = ["resize=fixed", f"scale.size={size}", f"scale.batch_size={bs}", "scale.epochs=1"]
     # ~logger: its paths are a Hydra run's, and nothing is logged here
     cfg = compose_config([f"data.root={root}", "data.download=false", "~logger", *where, *phase, *overrides])
-    data: ImagenetteDataModule = instantiate(cfg.data)
-    data.setup("fit")
+    data, plan = prepared_data(cfg)
     data.place(device, upload=True)
-    return data, build_module(cfg, data.classes, cpu_tuning(cfg, device)).to(device)
+    module = build_module(cfg, data.classes, cpu_tuning(cfg, device))
+    module.plan, module.serving = plan, data.serving()
+    return data, module.to(device)
 
 
 def to_device(batch: dict, device: torch.device) -> dict:

@@ -7,29 +7,28 @@ import pytest
 import torch
 
 from lightning_sota.augment.augment import BatchAugment
-from lightning_sota.data.datamodule import (
-    DeviceImages,
-    ImagenetteDataModule,
-    Phase,
-    resident_device,
-    scan_split,
-    stratified_split,
-)
+from lightning_sota.data.batches import DeviceImages, resident_device
+from lightning_sota.data.datamodule import ImagenetteDataModule
+from lightning_sota.data.folders import scan_split, stratified_split
 from lightning_sota.errors import DataError
+from lightning_sota.run.plan import Phase, Plan
 
 from .conftest import write_image
 
 
 def datamodule(root, tmp_path, phases=({"size": 32, "batch_size": 16, "epochs": 2},), **options):
+    """Set up, and handed the plan of ``phases`` as build_run hands it."""
+    phases = tuple(Phase(**p) for p in phases)
     dm = ImagenetteDataModule(
         root=str(root),
-        phases=list(phases),
+        sizes=[p.size for p in phases],
         download=False,
         cache_dir=str(tmp_path / "cache"),
         cache_workers=2,
         **options,
     )
     dm.setup("fit")
+    dm.plan = Plan.make(phases, len(dm.train_index))
     return dm
 
 
@@ -39,7 +38,7 @@ def test_imagenette_mini(mini, tmp_path):
     assert dm.classes[0] == "tench" and dm.classes[-1] == "parachute" and len(dm.classes) == 10
     assert dm.summary()["skipped"] == [] and dm.cache_seconds > 0
     batches = list(dm.train_dataloader())
-    assert len(batches) == dm.train_batches(dm.phases[0]) == 500 // 16  # drop_last
+    assert len(batches) == dm.plan.batches[0] == 500 // 16  # drop_last
     b = batches[0]
     assert b["image"].dtype == torch.uint8 and b["image"].shape == (16, 66, 66, 3)  # 32 x 460/224
     assert b["size"] == 32 and b["label"].dtype == torch.int64
@@ -69,8 +68,8 @@ def test_generated_folder_with_any_class_names(image_folder, tmp_path):
 def test_phases_decide_size_and_batch_size(image_folder, tmp_path):
     phases = [{"size": 16, "batch_size": 4, "epochs": 2}, {"size": 24, "batch_size": 8, "epochs": 1}]
     dm = datamodule(image_folder, tmp_path, phases)
-    assert [dm.phase_at(e) for e in range(4)] == [Phase(16, 4, 2)] * 2 + [Phase(24, 8, 1)] * 2
-    assert dm.epochs == 3 and [dm.train_batches(p) for p in dm.phases] == [36 // 4, 36 // 8]
+    assert [dm.plan.phase_at(e) for e in range(4)] == [Phase(16, 4, 2)] * 2 + [Phase(24, 8, 1)] * 2
+    assert dm.plan.epochs == 3 and dm.plan.batches == (36 // 4, 36 // 8)
     dm.epoch = 2
     assert next(iter(dm.train_dataloader()))["image"].shape[0] == 8
 
@@ -103,15 +102,7 @@ def test_holdout_is_stratified_seeded_and_never_trained_on(mini, tmp_path):
     assert not np.array_equal(stratified_split(index, labels, 0.1, seed=1)[1], held)
     assert len(stratified_split(index, labels, 0.0, seed=0)[1]) == 0
 
-    dm = ImagenetteDataModule(
-        root=str(mini),
-        phases=[{"size": 32, "batch_size": 16, "epochs": 1}],
-        download=False,
-        cache_dir=str(tmp_path / "cache"),
-        holdout=0.1,
-        seed=7,  # the training seed does not move the holdout
-    )
-    dm.setup("fit")
+    dm = datamodule(mini, tmp_path, [{"size": 32, "batch_size": 16, "epochs": 1}], holdout=0.1, seed=7)
     assert (len(dm.train_index), len(dm.holdout_index), len(dm.val_index)) == (450, 50, 200)
     assert np.array_equal(dm.holdout_index, held)  # the mini set's labels are 50 per class, in order
     val, holdout = dm.val_dataloader()

@@ -81,7 +81,9 @@ def test_fast_dev_run_of_every_phase_logged_to_wandb_and_mlflow(tmp_path):
 @pytest.mark.slow
 def test_overfit_drives_the_training_loss_down(tmp_path):
     # xresnet18 at full width: memorising 96 images is a question of capacity (smoke's 0.5 gets to 0.4x)
-    res = train(tmp_path / "run", "scale=smoke", "model.widen=1", "debug=overfit", "data.epochs_per_phase=8")
+    res = train(
+        tmp_path / "run", "scale=smoke", "model.widen=1", "debug=overfit", "resize.epochs_per_phase=8"
+    )
     assert res["phases"] == [{"size": 32, "batch_size": 32, "epochs": 8}]
     assert all(h["train_images"] == 3 * 32 for h in res["history"])  # the same 3 batches
     losses = [h["train_loss"] for h in res["history"]]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_sota.data.datamodule import scan_split
+from lightning_sota.data.folders import scan_split
 from lightning_sota.serve.predict import Predictor
 
 from .conftest import run_cli

@@ -10,7 +10,7 @@ import tarfile
 
 import pytest
 
-from lightning_sota.data.datamodule import scan_split
+from lightning_sota.data.folders import scan_split
 
 from .conftest import ROOT
 

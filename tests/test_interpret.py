@@ -12,6 +12,7 @@ from lightning_sota.augment.augment import BatchAugment
 from lightning_sota.augment.normalize import Normalize
 from lightning_sota.data.datamodule import ImagenetteDataModule
 from lightning_sota.report import interpret
+from lightning_sota.run.plan import Phase, Plan
 from lightning_sota.training.module import ImageClassifier
 
 
@@ -49,10 +50,9 @@ def test_calibration_error_is_the_gap_between_confidence_and_accuracy():
 
 
 def test_top_losses_show_the_images_they_name(tmp_path, mini, monkeypatch):
-    data = ImagenetteDataModule(
-        str(mini), [{"size": 32, "batch_size": 16, "epochs": 1}], download=False, cache_dir=tmp_path / "cache"
-    )
+    data = ImagenetteDataModule(str(mini), [32], download=False, cache_dir=tmp_path / "cache")
     data.setup("fit")
+    data.plan = Plan.make((Phase(32, 16, 1),), len(data.train_index))
     module = ImageClassifier(
         model=nn.Identity(),
         augment=BatchAugment(),

@@ -13,7 +13,7 @@ from PIL import Image
 
 from lightning_sota.augment.augment import BatchAugment
 from lightning_sota.data.cache import build_cache, upright_size
-from lightning_sota.data.datamodule import scan_split
+from lightning_sota.data.folders import scan_split
 from lightning_sota.report.interpret import predictions
 from lightning_sota.run.checkpoint import restore, scoring_data
 from lightning_sota.serve.evaluate import evaluate

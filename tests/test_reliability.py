@@ -21,7 +21,9 @@ from PIL import Image
 
 from lightning_sota.data import acquire
 from lightning_sota.data.acquire import resolve_root
-from lightning_sota.data.datamodule import ImagenetteDataModule, ShardedBatches, scan_split
+from lightning_sota.data.batches import ShardedBatches
+from lightning_sota.data.datamodule import ImagenetteDataModule
+from lightning_sota.data.folders import scan_split
 from lightning_sota.errors import ConfigError, DataError
 from lightning_sota.serve.predict import Predictor
 
@@ -154,7 +156,7 @@ def test_odd_images_converted_corrupt_ones_skipped_and_named(tmp_path, caplog):
     (odd / "readme.md").write_text("not an image")
     dm = ImagenetteDataModule(
         str(root),
-        [{"size": 16, "batch_size": 4, "epochs": 1}],
+        [16],
         download=False,
         cache_dir=str(tmp_path / "cache"),
         cache_workers=2,

@@ -42,7 +42,7 @@ REFUSED_TRAINER = {
     "default_root_dir": "runs go to Hydra's folder: set hydra.run.dir",
     "callbacks": SET_BY_TRAIN,
     "logger": "choose logger=csv, tensorboard, wandb or mlflow",
-    "enable_checkpointing": "checkpoints/last.ckpt is written every epoch for resume=",
+    "enable_checkpointing": "the last checkpoint is written every epoch for resume=",
     "plugins": SET_BY_TRAIN,
 }
 

@@ -30,6 +30,8 @@ CONFIG_DIR = config_dir()
 OmegaConf.register_new_resolver(
     "ls.if_null", lambda value, then, otherwise: then if value is None else otherwise, replace=True
 )
+# ${ls.pick:key,{key: value, ...},default}: a recipe's value for one scale (experiment/sota.yaml).
+OmegaConf.register_new_resolver("ls.pick", lambda key, table, default: table.get(key, default), replace=True)
 # ${ls.plus:a,b}: a + b (experiment/fine_tune.yaml: the frozen epochs, then the scale's).
 OmegaConf.register_new_resolver("ls.plus", lambda *values: sum(values), replace=True)
 

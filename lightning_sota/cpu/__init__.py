@@ -54,10 +54,13 @@ class CpuTuning:
             _decide("reuse_host_memory", reuse_host_memory, device),
         )
 
-    def apply(self, model: nn.Module) -> dict[str, bool]:
-        """Tune this process and ``model`` (in place); returns what is on, for results.json."""
-        if self.reuse_host_memory:
+    def apply(self, model: nn.Module, process: bool = True) -> dict[str, bool]:
+        """Tune ``model`` (in place) and, with ``process``, this process's allocator; returns what
+        is on, for results.json. A library call (``load_run``) passes ``process=False``: glibc's
+        settings belong to the program that imported us."""
+        reuse = self.reuse_host_memory and process
+        if reuse:
             reuse_freed_host_memory()
         if self.small_map_gemm:
             use_small_map_gemm(model)
-        return asdict(self)
+        return asdict(self) | {"reuse_host_memory": reuse}

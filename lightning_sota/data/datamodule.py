@@ -1,186 +1,51 @@
-"""Steps 1-3: the dataset on disk, its presized caches, and uint8 batches gathered from them.
-
-A batch is a dict: ``image`` uint8 [B, H, W, 3] straight from the cache (no decode, no per-item
-Python), ``box``/``transposed`` (where the real pixels are), ``label`` and ``size``, the output
-resolution the augmentation on the device must produce. Everything after the gather happens on
-the device, in ``augment.py``.
-"""
+"""Steps 1-3 as a LightningDataModule: the dataset on disk (acquire.py, folders.py), its presized
+caches (cache.py), and each epoch's loaders of uint8 batches gathered from them (batches.py), as
+the run's plan (run/plan.py) says."""
 
 from __future__ import annotations
 
 import logging
-import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from lightning_sota.config.checks import check_batch_split
-from lightning_sota.data.acquire import has_splits, resolve_root, valid_folder
-from lightning_sota.data.cache import ImageCache, build_cache
+from lightning_sota.data.acquire import resolve_root, valid_folder
+from lightning_sota.data.batches import (
+    CachedImages,
+    DeviceBatches,
+    DeviceImages,
+    ShardedBatches,
+    free_bytes,
+    resident_device,
+)
+from lightning_sota.data.cache import build_cache
+from lightning_sota.data.folders import IMAGENETTE_CLASSES, random_split, scan_split, stratified_split
 from lightning_sota.errors import DataError
+from lightning_sota.run.plan import Phase, Plan
 
 log = logging.getLogger(__name__)
 
-IMAGENETTE_CLASSES = {
-    "n01440764": "tench",
-    "n02102040": "English springer",
-    "n02979186": "cassette player",
-    "n03000684": "chain saw",
-    "n03028079": "church",
-    "n03394916": "French horn",
-    "n03417042": "garbage truck",
-    "n03425413": "gas pump",
-    "n03445777": "golf ball",
-    "n03888257": "parachute",
-}
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 # fastai's chapter 7 presizes to 460 for 224 px training: room for crops, rotation and zoom.
 PRESIZE_RATIO = 460 / 224
-
-
-@dataclass(frozen=True)
-class Phase:
-    size: int
-    batch_size: int
-    epochs: int
-
-
-def scan_split(folder: Path, classes: list[str] | None = None) -> tuple[list[str], list[Path], np.ndarray]:
-    """Class folders (sorted) and their image files; non-image files are ignored."""
-    found = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not found:
-        raise DataError(f"{folder} has no class folders: it must hold one folder of images per class")
-    if classes is not None and found != classes:
-        diff = sorted(set(found) ^ set(classes))
-        raise DataError(
-            f"the classes of {folder} differ from train/'s ({', '.join(diff)}): "
-            "both splits need the same class folders"
-        )
-    files: list[Path] = []
-    labels: list[int] = []
-    for label, name in enumerate(found):
-        images = sorted(
-            p for p in (folder / name).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-        )
-        if not images:
-            raise DataError(f"class folder {folder / name} holds no images: add some or remove it")
-        files += images
-        labels += [label] * len(images)
-    return found, files, np.asarray(labels, np.int64)
-
-
-class CachedImages(Dataset):
-    """Indexed by a whole list of indices: one numpy gather per batch."""
-
-    def __init__(self, cache: ImageCache, labels: np.ndarray, size: int) -> None:
-        self.cache, self.labels, self.size = cache, labels, size
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, indices: list[int]) -> dict:
-        idx = np.sort(np.asarray(indices))  # sorted: sequential reads from the memory map
-        return {
-            "index": torch.from_numpy(idx),
-            "image": torch.from_numpy(self.cache.images[idx]),
-            "box": torch.from_numpy(self.cache.boxes[idx]),
-            "transposed": torch.from_numpy(self.cache.transposed[idx]),
-            "label": torch.from_numpy(self.labels[idx]),
-            "size": self.size,
-        }
-
-
-class DeviceImages:
-    """A split's cache resident on the accelerator (data.on_device): a batch is one gather in
-    device memory. Written by hand because on a GPU the host loader (a numpy gather, then pinning
-    and copying each cached image on the main thread) bounds the step, while the full split's
-    caches at the leaderboard's sizes take a small part of one GPU's memory (benchmarks/RESULTS.md)."""
-
-    def __init__(self, images: CachedImages, device: torch.device, chunk: int = 512) -> None:
-        cache = images.cache
-        self.size, self.device = images.size, device
-        self.images = torch.empty(cache.images.shape, dtype=torch.uint8, device=device)
-        for start in range(0, len(cache), chunk):  # the memory map read in slices: bounded host memory
-            part = torch.from_numpy(np.array(cache.images[start : start + chunk]))
-            self.images[start : start + chunk].copy_(part)
-        self.boxes = torch.from_numpy(np.array(cache.boxes)).to(device)
-        self.transposed = torch.from_numpy(np.array(cache.transposed)).to(device)
-        self.labels = torch.from_numpy(np.array(images.labels)).to(device)
-
-    def gather(self, idx: torch.Tensor) -> dict:
-        """The batch of the sorted image indices ``idx``, already on the device."""
-        return {
-            "index": idx,
-            "image": self.images[idx],
-            "box": self.boxes[idx],
-            "transposed": self.transposed[idx],
-            "label": self.labels[idx],
-            "size": self.size,
-        }
-
-
-class DeviceBatches(Dataset):
-    """One epoch's batches of a resident split, indexed by batch number. Their index lists go to
-    the device as one matrix when the loader is made: a step's gather then reads nothing from
-    the host (uploading each batch's pageable index list would make the host wait for the
-    device at every step)."""
-
-    def __init__(self, images: DeviceImages, batches: list[list[int]]) -> None:
-        self.images = images
-        self.lengths = [len(b) for b in batches]  # the last validation batch may be short
-        matrix = np.zeros((len(batches), max(self.lengths, default=0)), np.int64)
-        for row, batch in zip(matrix, batches, strict=True):
-            row[: len(batch)] = np.sort(batch)  # as CachedImages' order
-        self.matrix = torch.from_numpy(matrix).to(images.device)
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def __getitem__(self, i: int) -> dict:
-        return self.images.gather(self.matrix[i, : self.lengths[i]])
-
-
-def free_bytes(device: torch.device) -> int | None:
-    """Memory free on ``device`` now: the GPU's, or the host's for the CPU; None if unknown."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    if device.type == "cpu":
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return None
-
-
-def resident_device(on_device: bool | None, device: torch.device, need: int, free: int | None) -> bool:
-    """Whether the caches (``need`` bytes) go to ``device``: data.on_device=null means on a GPU
-    when they take at most half its free memory (the rest is the model's and the activations');
-    true is honoured there or refused, false never."""
-    fits = free is None or need <= free // 2
-    if on_device is None:
-        return device.type == "cuda" and fits
-    if on_device and not fits:
-        raise DataError(
-            f"data.on_device=true: the caches take {need / 2**30:.1f} GiB, more than half of the "
-            f"{free / 2**30:.1f} GiB free on {device}: set data.on_device=false to gather on the host"
-        )
-    return bool(on_device)
 
 
 class ImagenetteDataModule(pl.LightningDataModule):
     """Imagenette (or any train/ val/ folder of class folders) as presized uint8 batches.
 
-    Training follows ``phases``: the epoch decides the size and batch size, so the Trainer must
-    reload dataloaders every epoch (``reload_dataloaders_every_n_epochs=1``); validation runs
-    at the current training size.
+    ``setup`` builds a cache at each of ``sizes`` (the plan's training sizes). Training then
+    follows the ``plan`` build_run hands it: the epoch decides the size and batch size, so the
+    Trainer must reload dataloaders every epoch (``reload_dataloaders_every_n_epochs=1``);
+    validation runs at the current training size.
     """
 
     def __init__(
         self,
         root: str,
-        phases: list,
+        sizes: list[int],
         variant: str = "160px",
         download: bool = True,
         base_url: str | None = None,
@@ -193,8 +58,6 @@ class ImagenetteDataModule(pl.LightningDataModule):
         seed: int = 0,
         holdout: float = 0.0,
         holdout_seed: int = 0,
-        epochs_per_phase: int | None = None,
-        overfit_batches: int = 0,
         on_device: bool | None = None,
         valid_pct: float = 0.0,
         split_seed: int = 42,
@@ -202,12 +65,8 @@ class ImagenetteDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         self.root_arg = root
-        self.phases = [p if isinstance(p, Phase) else Phase(**p) for p in phases]
-        if epochs_per_phase:  # debug=fdr|profiler: the whole plan, each phase briefly
-            self.phases = [Phase(p.size, p.batch_size, epochs_per_phase) for p in self.phases]
-        # debug=overfit: the same first `overfit_batches` shuffled batches every epoch, as
-        # Lightning's trainer.overfit_batches, which would not know the phases' batch sizes
-        self.overfit_batches = overfit_batches
+        self.sizes = sorted(set(sizes))
+        self.plan: Plan | None = None  # handed by build_run once the training split is known
         self.variant, self.download, self.base_url = variant, download, base_url
         self.presize, self.max_aspect = presize, max_aspect
         self.cache_dir, self.cache_workers, self.workers = cache_dir, cache_workers, workers
@@ -229,28 +88,6 @@ class ImagenetteDataModule(pl.LightningDataModule):
         self._ready = False
 
     # -- phases -----------------------------------------------------------------------------
-    def phase_at(self, epoch: int) -> Phase:
-        for phase in self.phases:
-            if epoch < phase.epochs:
-                return phase
-            epoch -= phase.epochs
-        return self.phases[-1]
-
-    @property
-    def epochs(self) -> int:
-        return sum(p.epochs for p in self.phases)
-
-    def train_batches(self, phase: Phase) -> int:
-        """Training steps per epoch, the same on every rank and any number of ranks (global
-        batches, ShardedBatches): drop_last (as fastai trains), then the Trainer's
-        ``limit_train_batches`` the way Lightning applies it (int: at most that many; float:
-        that fraction, rounded down)."""
-        batches = len(self.train_index) // phase.batch_size
-        if self.overfit_batches:
-            batches = min(batches, self.overfit_batches)
-        limit = self.trainer.limit_train_batches if self.trainer is not None else 1.0
-        return min(batches, limit) if isinstance(limit, int) else int(batches * limit)
-
     def presize_for(self, size: int) -> int:
         return self.presize or round(size * PRESIZE_RATIO)
 
@@ -258,7 +95,13 @@ class ImagenetteDataModule(pl.LightningDataModule):
         return self.trainer.current_epoch if self.trainer is not None else self.epoch
 
     def current_phase(self) -> Phase:
-        return self.phase_at(self.current_epoch())
+        return self.plan.phase_at(self.current_epoch())
+
+    def serving(self) -> dict:
+        """What a user of the trained weights needs to see images as validation did: the final
+        size, the cache's short side at it, and its cap on the long side's ratio."""
+        size = self.plan.last.size
+        return {"size": size, "presize": self.presize_for(size), "max_aspect": self.max_aspect}
 
     # -- data -------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -284,7 +127,7 @@ class ImagenetteDataModule(pl.LightningDataModule):
 
         start = time.perf_counter()
         train_caches, val_caches = {}, {}
-        for size in sorted({p.size for p in self.phases}):
+        for size in self.sizes:
             presize = self.presize_for(size)
             if train_files:
                 train_caches[size] = build_cache(
@@ -356,9 +199,11 @@ class ImagenetteDataModule(pl.LightningDataModule):
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         if whole:
             rank, world = 0, 1
-        overfit = train and self.overfit_batches
-        epoch = 0 if overfit else self.current_epoch()
-        batches = ShardedBatches(index, batch_size, train, self.seed, epoch, rank, world, overfit or None)
+        epoch = self.current_epoch()
+        limit = self.plan.batches_at(epoch) if train else None  # debug=overfit, limit_train_batches
+        if train and self.plan.overfit:  # every epoch the first batches of epoch 0's shuffle
+            epoch = 0
+        batches = ShardedBatches(index, batch_size, train, self.seed, epoch, rank, world, limit)
         images = self.gathered(split, size)
         if isinstance(images, DeviceImages):
             return DataLoader(DeviceBatches(images, batches.batches), batch_size=None)
@@ -392,7 +237,7 @@ class ImagenetteDataModule(pl.LightningDataModule):
 
     def whole_split_loader(self, split: str = "val") -> DataLoader:
         """Every image of ``split`` at the final training size, in order, on any one rank."""
-        phase = self.phases[-1]
+        phase = self.plan.last
         return self._loader(split, phase.size, self.val_batch_size or 2 * phase.batch_size, whole=True)
 
     def summary(self) -> dict:
@@ -408,78 +253,3 @@ class ImagenetteDataModule(pl.LightningDataModule):
             "skipped": self.skipped,
             "on_device": self.on_device,
         }
-
-
-def random_split(
-    root: Path, valid_pct: float, seed: int
-) -> tuple[list[str], tuple[list[Path], np.ndarray], tuple[list[Path], np.ndarray]]:
-    """fastai's RandomSplitter(valid_pct, seed) over one folder of class folders: classes,
-    (train files, labels), (validation files, labels). The permutation is torch's, seeded, as
-    fastai draws it (its file order comes from os.walk, ours is sorted)."""
-    if has_splits(root):
-        raise DataError(
-            f"data.valid_pct={valid_pct} but {root} already has train/ and val/: remove data.valid_pct, "
-            "or point data.root at a single folder of class folders"
-        )
-    if not root.is_dir():
-        raise DataError(f"data.root={root} is not a folder: data.valid_pct splits a folder of class folders")
-    classes, files, labels = scan_split(root)
-    order = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed)).numpy()
-    cut = int(valid_pct * len(files))
-    valid, train = np.sort(order[:cut]), np.sort(order[cut:])
-    if not cut or not len(train):
-        raise DataError(f"data.valid_pct={valid_pct} of {len(files)} images leaves a split empty")
-    return classes, ([files[i] for i in train], labels[train]), ([files[i] for i in valid], labels[valid])
-
-
-def stratified_split(
-    index: np.ndarray, labels: np.ndarray, fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """(kept, held out): ``round(fraction · n)`` of each class's n images held out, drawn by
-    ``seed`` alone (not the training seed: every run of a sweep selects on the same images)."""
-    rng = np.random.default_rng(seed)
-    held = [
-        rng.permutation(members)[: round(fraction * len(members))]
-        for members in (index[labels[index] == c] for c in np.unique(labels[index]))
-    ]
-    held_out = np.sort(np.concatenate(held)) if held else np.empty(0, np.int64)
-    return np.setdiff1d(index, held_out), held_out
-
-
-class ShardedBatches:
-    """Batches of dataset indices for one epoch and one rank.
-
-    Training: a shuffle seeded by (seed, epoch), the same on every rank, so a resumed run and
-    every DDP rank agree without shared state, cut into global batches of ``batch_size`` (the
-    last incomplete one dropped, as fastai trains); rank r takes the r-th of ``world`` equal
-    slices of each. So ``batch_size`` is the recipe's global batch on any number of devices:
-    the same steps per epoch, schedule and lr as on one. ``limit``: only the first batches.
-    Validation: ``batch_size`` per rank, in order, every image exactly once overall.
-    """
-
-    def __init__(
-        self,
-        index: np.ndarray,
-        batch_size: int,
-        train: bool,
-        seed: int,
-        epoch: int,
-        rank: int,
-        world: int,
-        limit: int | None = None,
-    ) -> None:
-        if train:
-            check_batch_split([batch_size], world)
-            order = np.random.default_rng([seed, epoch]).permutation(index)
-            per_rank = batch_size // world
-            starts = range(rank * per_rank, len(order) - batch_size + 1, batch_size)
-            self.batches = [order[i : i + per_rank].tolist() for i in starts][:limit]
-        else:
-            shard = index[rank::world]
-            self.batches = [shard[i : i + batch_size].tolist() for i in range(0, len(shard), batch_size)]
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __iter__(self):
-        return iter(self.batches)

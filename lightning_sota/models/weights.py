@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from lightning_sota.errors import ConfigError
+from lightning_sota.run.layout import checkpoint_path, read_checkpoint
 
 XRESNETS = {
     "xresnet18": "resnet18d",
@@ -83,22 +84,15 @@ def from_timm(arch: str, num_classes: int, **kwargs) -> nn.Module:
         ) from err
 
 
-def checkpoint_file(path: Path) -> Path:
-    """A run folder's checkpoint, or the file itself."""
-    if path.is_dir():
-        path = path / "checkpoints" / "last.ckpt"
-        if not path.is_file():
-            raise ConfigError(
-                f"model.pretrained={path.parent.parent}: no checkpoints/last.ckpt in that folder"
-            )
-    return path
+def ours(path: Path) -> bool:
+    """A run folder or a checkpoint of this project (else a timm or Hugging Face weights file)."""
+    return path.is_dir() or path.suffix == ".ckpt"
 
 
 def state_from(path: Path) -> dict[str, torch.Tensor]:
     """The model's tensors in a weights file, a checkpoint of ours or a run folder."""
-    path = checkpoint_file(path)
-    if path.suffix == ".ckpt":  # ours: the LightningModule's state, the network under model.
-        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    if ours(path):  # the LightningModule's state: the network under model.
+        state = read_checkpoint(checkpoint_path(path, "model.pretrained"))["state_dict"]
         return {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
     return timm.models.load_state_dict(str(path))
 
@@ -131,9 +125,8 @@ def weight_stats(arch: str, pretrained: bool | str) -> dict | None:
     weights file, which timm's default config describes), the run's own for a run or checkpoint
     of ours (None if it trained without normalization)."""
     path = Path(str(pretrained))
-    if pretrained is not True and (path.is_dir() or path.suffix == ".ckpt"):
-        meta = torch.load(checkpoint_file(path), map_location="cpu", weights_only=True)["lightning_sota"]
-        return meta["normalize"]
+    if pretrained is not True and ours(path):
+        return read_checkpoint(checkpoint_path(path, "model.pretrained"))["lightning_sota"]["normalize"]
     cfg = timm.models.get_pretrained_cfg(timm_name(arch))
     return {"mean": list(cfg.mean), "std": list(cfg.std)} if cfg else None
 

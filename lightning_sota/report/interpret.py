@@ -112,7 +112,7 @@ def plot_top_losses(
     losses = module.loss(logits, labels).float()
     top = losses.topk(min(k, len(losses))).indices
     probs = logits[top].softmax(1)
-    size = data.phases[-1].size
+    size = data.plan.last.size
     batch = data.images("val", size)[index[top].tolist()]  # returned in index order: re-sort to top
     order = torch.searchsorted(batch["index"], index[top])
     batch = {key: v[order].to(module.device) if torch.is_tensor(v) else v for key, v in batch.items()}
@@ -183,8 +183,8 @@ class Interpretation(pl.Callback):
     moves the model to the CPU (so the pass runs on the run's device). ``results`` holds
     results.json's additions, ``seconds`` the time it took (inside the fit's wall time)."""
 
-    def __init__(self, history: History, folder: Path) -> None:
-        self.history, self.folder = history, folder
+    def __init__(self, history: History, data: ImagenetteDataModule, folder: Path) -> None:
+        self.history, self.data, self.folder = history, data, folder
         self.results: dict = {}
         self.seconds = 0.0
 
@@ -192,5 +192,5 @@ class Interpretation(pl.Callback):
         if not trainer.is_global_zero:
             return
         start = time.perf_counter()
-        self.results = interpret(pl_module, trainer.datamodule, trainer, self.history.rows, self.folder)
+        self.results = interpret(pl_module, self.data, trainer, self.history.rows, self.folder)
         self.seconds = time.perf_counter() - start

@@ -22,8 +22,10 @@ import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 from pytorch_lightning.tuner import Tuner  # noqa: E402
 
-from lightning_sota.data.datamodule import ImagenetteDataModule, Phase  # noqa: E402
+from lightning_sota.data.datamodule import ImagenetteDataModule  # noqa: E402
 from lightning_sota.report.show_batch import save_figure  # noqa: E402
+from lightning_sota.run import layout  # noqa: E402
+from lightning_sota.run.plan import Plan  # noqa: E402
 from lightning_sota.training.module import ImageClassifier  # noqa: E402
 
 START_LR, END_LR, STEPS = 1e-7, 10.0, 100
@@ -55,27 +57,27 @@ def trimmed(lrs: list[float], losses: list[float], steps: int = STEPS) -> tuple[
 
 
 @contextlib.contextmanager
-def first_phase(trainer: pl.Trainer, data: ImagenetteDataModule, steps: int) -> Iterator[None]:
-    """Every epoch at the first phase's size and batch size while the finder runs, enough of
-    them for its steps (the run's plan may have fewer), and no validation between them."""
-    phases, max_epochs = data.phases, trainer.fit_loop.max_epochs
-    first = phases[0]
-    epochs = math.ceil(steps / max(1, data.train_batches(first))) + 1
-    data.phases = [Phase(first.size, first.batch_size, epochs)]
-    trainer.fit_loop.max_epochs = epochs
-    data.validate = False
+def searching(trainer: pl.Trainer, data: ImagenetteDataModule, plan: Plan) -> Iterator[Plan]:
+    """The search's own plan handed to ``data`` while the finder runs: every epoch at the first
+    phase's size and batch size, enough of them for its steps (the run's plan may have fewer),
+    and no validation between them. The run's plan is handed back after."""
+    search = plan.first_phase(STEPS)
+    max_epochs = trainer.fit_loop.max_epochs
+    data.plan, trainer.fit_loop.max_epochs, data.validate = search, search.epochs, False
     try:
-        yield
+        yield search
     finally:
-        data.phases, trainer.fit_loop.max_epochs, data.validate = phases, max_epochs, True
+        data.plan, trainer.fit_loop.max_epochs, data.validate = plan, max_epochs, True
 
 
-def find_lr(trainer: pl.Trainer, module: ImageClassifier, data: ImagenetteDataModule, run_dir: Path) -> dict:
-    """Run the finder, draw ``lr_find.png``; the suggestion and the curve as a dict."""
-    data.setup("fit")
+def find_lr(
+    trainer: pl.Trainer, module: ImageClassifier, data: ImagenetteDataModule, plan: Plan, run_dir: Path
+) -> dict:
+    """Run the finder on ``plan``'s first phase, draw ``lr_find.png``; the suggestion and the
+    curve as a dict."""
     module.stop_on_non_finite = False  # the search ends where the loss blows up: that is its job
     try:
-        with torch.random.fork_rng(), first_phase(trainer, data, STEPS):
+        with torch.random.fork_rng(), searching(trainer, data, plan):
             finder = Tuner(trainer).lr_find(
                 module,
                 datamodule=data,
@@ -95,11 +97,11 @@ def find_lr(trainer: pl.Trainer, module: ImageClassifier, data: ImagenetteDataMo
         raise RuntimeError(f"lr_find: the loss diverged after {len(losses)} steps, too soon to suggest an lr")
     i = valley(kept_lrs, kept_losses)
     suggestion = float(kept_lrs[i])
-    plot(kept_lrs, kept_losses, i, run_dir / "lr_find.png")
+    plot(kept_lrs, kept_losses, i, run_dir / layout.LR_FIND_PLOT)
     return {
         "suggestion": suggestion,
         "method": "valley",
-        "phase": {"size": data.phases[0].size, "batch_size": data.phases[0].batch_size},
+        "phase": {"size": plan.phases[0].size, "batch_size": plan.phases[0].batch_size},
         "steps": len(losses),
         "lr": [float(x) for x in lrs],
         "loss": [float(x) for x in losses],

@@ -28,6 +28,7 @@ from lightning_sota.cli import one_line_errors  # noqa: E402
 from lightning_sota.config.checks import check_config  # noqa: E402
 from lightning_sota.config.compose import compose_config  # noqa: E402
 from lightning_sota.files import staged  # noqa: E402
+from lightning_sota.run.plan import prepared_data  # noqa: E402
 from lightning_sota.training.module import step_seed  # noqa: E402
 
 
@@ -92,8 +93,7 @@ def first_batch(overrides: list[str], valid: bool) -> tuple[Tensor, list[str], s
     """The config's first batch of its first phase, augmented (or centre-cropped)."""
     cfg = compose_config(overrides)
     check_config(cfg)
-    data = instantiate(cfg.data)
-    data.setup("fit")
+    data, _ = prepared_data(cfg)
     loader = data.val_dataloader() if valid else data.train_dataloader()
     batch = next(iter(loader[0] if isinstance(loader, list) else loader))
     torch.manual_seed(step_seed(cfg.seed, 0, 0, 0))  # the draws of the run's first step on rank 0

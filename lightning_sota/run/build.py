@@ -1,6 +1,7 @@
 """Every part of a run, built from its composed config with Hydra's ``instantiate``: for
-training (``build_run``) and, through ``build_module``, for every command that rebuilds a trained
-run from its checkpoint (checkpoint.py) or measures it (benchmarks/)."""
+training (``build_run``) and, through ``build_module`` and ``prepared_data``, for every command
+that rebuilds a trained run from its checkpoint (checkpoint.py) or measures it (benchmarks/).
+The run's Plan is made here, once, and handed to the parts that follow it."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from lightning_sota.data.datamodule import ImagenetteDataModule
 from lightning_sota.errors import ConfigError, UserError
 from lightning_sota.report.interpret import Interpretation
 from lightning_sota.report.show_batch import ShowBatch
+from lightning_sota.run import layout
+from lightning_sota.run.plan import Plan, build_data, make_plan, planned_phases
 from lightning_sota.training.callbacks import History, ProgressiveResize
 from lightning_sota.training.loggers import log_config
 from lightning_sota.training.module import ImageClassifier
@@ -37,11 +40,11 @@ def cpu_tuning(cfg: DictConfig, device: torch.device) -> CpuTuning:
 
 
 def build_module(
-    cfg: DictConfig, classes: list[str], tuning: CpuTuning, weights: bool = True
+    cfg: DictConfig, classes: list[str], tuning: CpuTuning, weights: bool = True, tune_process: bool = True
 ) -> ImageClassifier:
-    """The LightningModule of a config (a run's, or one saved in a checkpoint), its model and
-    this process tuned by ``tuning``, which ``module.cpu_tuning`` records. ``weights=False``: not
-    loaded from ``model.pretrained`` (a checkpoint's own weights follow)."""
+    """The LightningModule of a config (a run's, or one saved in a checkpoint), its model (and,
+    with ``tune_process``, this process) tuned by ``tuning``, which ``module.cpu_tuning`` records.
+    ``weights=False``: not loaded from ``model.pretrained`` (a checkpoint's own weights follow)."""
     try:
         model = instantiate(cfg.model, num_classes=len(classes), **({} if weights else {"pretrained": False}))
     except InstantiationException as err:  # a refusal of weights.py, said in one line
@@ -62,7 +65,7 @@ def build_module(
         config=OmegaConf.to_container(cfg, resolve=True),
         seed=cfg.seed,
     )
-    module.cpu_tuning = tuning.apply(model)
+    module.cpu_tuning = tuning.apply(model, process=tune_process)
     return module
 
 
@@ -70,6 +73,7 @@ def build_module(
 class Run:
     """The parts of one training run."""
 
+    plan: Plan
     data: ImagenetteDataModule
     module: ImageClassifier
     trainer: pl.Trainer
@@ -83,17 +87,20 @@ def build_run(cfg: DictConfig, run_dir: Path, weights: bool = True) -> Run:
     strategy, precision, ...) in its constructor, so a bad one is refused before any data is read;
     the module comes last, tuned for the Trainer's device (``weights``: see build_module)."""
     pl.seed_everything(cfg.seed, workers=True)
-    data: ImagenetteDataModule = instantiate(cfg.data)
+    phases = planned_phases(cfg.resize)
+    data = build_data(cfg)
     history = History()
-    interpretation = Interpretation(history, run_dir)
+    interpretation = Interpretation(history, data, run_dir)
     tta: TestTimeAugmentation | None = instantiate(cfg.tta) if cfg.tta else None
     callbacks = [
         history,
-        ProgressiveResize(),
+        ProgressiveResize(phases),
         LearningRateMonitor(logging_interval="step"),
-        # One file, checkpoints/last.ckpt, replaced (atomically, by Lightning) at every epoch end.
-        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False),
-        ShowBatch(run_dir / "show_batch.png"),
+        # One file, replaced (atomically, by Lightning) at every epoch end.
+        ModelCheckpoint(
+            dirpath=run_dir / layout.CHECKPOINTS, filename=layout.LAST, enable_version_counter=False
+        ),
+        ShowBatch(run_dir / layout.SHOW_BATCH),
         *([tta] if tta else []),
         *([instantiate(cfg.weight_averaging)] if cfg.get("weight_averaging") else []),
         *(instantiate(c) for c in cfg.get("callbacks", {}).values()),
@@ -104,7 +111,7 @@ def build_run(cfg: DictConfig, run_dir: Path, weights: bool = True) -> Run:
     try:
         trainer: pl.Trainer = instantiate(
             cfg.trainer,
-            max_epochs=data.epochs,
+            max_epochs=sum(p.epochs for p in phases),
             callbacks=callbacks,
             logger=loggers,
             default_root_dir=str(run_dir),
@@ -115,7 +122,7 @@ def build_run(cfg: DictConfig, run_dir: Path, weights: bool = True) -> Run:
         )
     except InstantiationException as err:  # Lightning's own refusal, or an unknown trainer.<key>
         raise ConfigError(f"trainer: {err.__cause__ or err}") from err
-    batch_sizes = [p.batch_size for p in data.phases]
+    batch_sizes = [p.batch_size for p in phases]
     check_batch_split(batch_sizes, trainer.world_size)
     note = unsynced_batch_norm(batch_sizes, trainer.world_size, cfg.trainer.get("sync_batchnorm", False))
     if note and trainer.is_global_zero:
@@ -123,5 +130,7 @@ def build_run(cfg: DictConfig, run_dir: Path, weights: bool = True) -> Run:
     tuning = cpu_tuning(cfg, trainer.strategy.root_device)  # refused here, before any data
     data.setup("fit")  # acquire and build the presize caches now: reported apart from the fit
     data.place(trainer.strategy.root_device, upload=True)  # and upload them, before the timed fit
+    plan = make_plan(cfg, data)
     module = build_module(cfg, data.classes, tuning, weights)
-    return Run(data, module, trainer, history, tta, interpretation)
+    module.plan, module.serving = plan, data.serving()
+    return Run(plan, data, module, trainer, history, tta, interpretation)

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -18,7 +17,9 @@ from lightning_sota.augment.tta import TestTimeAugmentation
 from lightning_sota.config.checks import check_switches
 from lightning_sota.data.datamodule import ImagenetteDataModule
 from lightning_sota.errors import ConfigError
+from lightning_sota.run import layout
 from lightning_sota.run.build import build_module, cpu_tuning
+from lightning_sota.run.plan import Plan, planned_phases
 from lightning_sota.training.module import ImageClassifier
 
 # What a command given a trained run may change: where its data is and what computes, never
@@ -93,34 +94,66 @@ def keep_plan(
     return cfg
 
 
-def checkpoint_path(target: str | Path) -> Path:
-    """A run folder (its checkpoints/last.ckpt) or a checkpoint file."""
-    path = Path(target)
-    ckpt = path / "checkpoints" / "last.ckpt" if path.is_dir() else path
-    if not ckpt.is_file():
-        raise ConfigError(f"{target}: no checkpoint there; give a run folder or its checkpoints/last.ckpt")
-    return ckpt
-
-
-def load_checkpoint(path: Path) -> dict:
-    """A lightning-sota checkpoint's contents (weights only: no pickled code runs)."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated, not a torch file, or a pickle we refuse to run
-        raise ConfigError(
-            f"{path} cannot be read as a checkpoint ({err}); give a run's checkpoints/last.ckpt"
-        ) from err
-    if not isinstance(ckpt, dict) or "lightning_sota" not in ckpt:
-        raise ConfigError(f"{path} is not a lightning-sota checkpoint (no run config in it)")
-    return ckpt
-
-
 def saved_config(ckpt: dict) -> DictConfig:
-    """The run's resolved config as its checkpoint holds it."""
-    cfg = OmegaConf.create(ckpt["lightning_sota"]["config"])
+    """The run's resolved config as its checkpoint holds it, in today's layout (upgrade)."""
+    return upgrade(OmegaConf.create(ckpt["lightning_sota"]["config"]))
+
+
+# Where each module of the flat package (before 3ebfff8) went: a checkpoint saved then names its
+# parts' classes by the old paths in its config's _target_s.
+MOVED = {
+    "acquire": "data.acquire",
+    "cache": "data.cache",
+    "data": "data.datamodule",
+    "augment": "augment.augment",
+    "normalize": "augment.normalize",
+    "mix": "augment.mix",
+    "tta": "augment.tta",
+    "models": "models.xresnet",
+    "layers": "models.layers",
+    "weights": "models.weights",
+    "module": "training.module",
+    "optim": "training.optim",
+    "schedule": "training.schedule",
+    "callbacks": "training.callbacks",
+    "weight_averaging": "training.weight_averaging",
+    "loggers": "training.loggers",
+}
+
+
+def moved_target(target: str) -> str:
+    """``lightning_sota.<module>.<name>`` of the flat package -> its path today."""
+    parts = target.split(".")
+    if len(parts) == 3 and parts[0] == "lightning_sota" and parts[1] in MOVED:
+        return f"lightning_sota.{MOVED[parts[1]]}.{parts[2]}"
+    return target
+
+
+def upgrade(cfg: DictConfig) -> DictConfig:
+    """A saved config made readable by today's code: moved ``_target_`` paths, and the plan's
+    keys where they live now (the phases and debug counts left ``data`` for ``resize``)."""
     if "cpu" not in cfg:  # written before lightning_sota/cpu/, which kept its switch in the model
         cfg.model.pop("small_map_gemm", None)
         cfg.cpu = {"_target_": "lightning_sota.cpu.CpuTuning.for_device", "_partial_": True}
+
+    def walk(node: DictConfig) -> None:
+        for key in list(node.keys()):
+            child = node[key]
+            if key == "_target_" and isinstance(child, str):
+                node[key] = moved_target(child)
+            elif OmegaConf.is_dict(child):
+                walk(child)
+            elif OmegaConf.is_list(child):
+                for item in child:
+                    if OmegaConf.is_dict(item):
+                        walk(item)
+
+    walk(cfg)
+    data = cfg.data
+    data.pop("phases", None)  # resize.phases holds them
+    for key in ("epochs_per_phase", "overfit_batches"):
+        if key in data:
+            cfg.resize[key] = data.pop(key)
     return cfg
 
 
@@ -142,11 +175,14 @@ class Restored:
         return instantiate(tta) if tta else TestTimeAugmentation(seed=self.config.seed)
 
 
-def restore(target: str | Path, command: str, overrides: list[str] = ()) -> Restored:
+def restore(
+    target: str | Path, command: str, overrides: list[str] = (), tune_process: bool = True
+) -> Restored:
     """The run of ``target`` rebuilt from its checkpoint for ``command`` (evaluate, predict or
-    export), with ``overrides`` (key=value) that FREE[command] allows."""
-    path = checkpoint_path(target)
-    ckpt = load_checkpoint(path)
+    export), with ``overrides`` (key=value) that FREE[command] allows. ``tune_process=False``
+    (``load_run`` from a user's Python) leaves the process as it was: only the model is tuned."""
+    path = layout.checkpoint_path(target)
+    ckpt = layout.read_checkpoint(path)
     meta = ckpt["lightning_sota"]
     saved = saved_config(ckpt)
     dotlist = OmegaConf.from_dotlist(list(overrides))
@@ -158,13 +194,13 @@ def restore(target: str | Path, command: str, overrides: list[str] = ()) -> Rest
     # and torch.export (ONNX) traces the plain module.
     OmegaConf.update(cfg, "model.compile", False)
     trainer = scoring_trainer(cfg)
-    module = build_module(cfg, meta["classes"], cpu_tuning(cfg, trainer.strategy.root_device), weights=False)
+    tuning = cpu_tuning(cfg, trainer.strategy.root_device)
+    module = build_module(cfg, meta["classes"], tuning, weights=False, tune_process=tune_process)
     module.load_state_dict(ckpt["state_dict"])
     module.eval()
-    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     return Restored(
         path=path,
-        run_dir=run_dir,
+        run_dir=layout.run_of(path),
         config=cfg,
         classes=list(meta["classes"]),
         size=meta["size"],
@@ -180,10 +216,11 @@ def scoring_data(run: Restored, split: str = "val") -> ImagenetteDataModule:
     scored), set up: for ``val``, only the split scored (data.root's val/ or valid/, or data.root
     itself as one folder of class folders; no training cache); ``holdout`` is part of train. A
     dataset whose classes differ from the checkpoint's is refused."""
-    cfg = run.config.data.copy()
-    cfg.phases = [cfg.phases[-1]]
-    data = instantiate(cfg, score_only=split == "val" and not cfg.get("valid_pct"))
+    cfg = run.config.data
+    data = instantiate(cfg, sizes=[run.size], score_only=split == "val" and not cfg.get("valid_pct"))
     data.setup("fit")
+    last = planned_phases(run.config.resize)[-1]
+    data.plan = Plan.make((last,), len(data.train_index))  # the last phase: its validation batches
     if data.classes != run.classes:
         raise ConfigError(
             f"data.root={cfg.root} has classes {data.classes}, the checkpoint was trained on "

@@ -13,7 +13,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig
 
 from lightning_sota.errors import ConfigError
-from lightning_sota.run.checkpoint import keep_plan, load_checkpoint, saved_config
+from lightning_sota.run import layout
+from lightning_sota.run.checkpoint import keep_plan, saved_config
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ def resumed(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, Resume]:
     """The interrupted run's config (``cfg.resume`` names its folder) and where to continue.
     ``cfg`` is what the command line composed, ``overrides`` what it typed."""
     folder = Path(cfg.resume)
-    path = folder / "checkpoints" / "last.ckpt"
+    path = layout.last_checkpoint(folder)
     if not path.is_file():
         made_now = {p.name for p in folder.iterdir()} == {".hydra", "train.log"} and [
             p.name for p in (folder / ".hydra").iterdir()
@@ -34,10 +35,10 @@ def resumed(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, Resume]:
         if made_now:  # a mistyped folder, which Hydra has just created: leave no trace
             shutil.rmtree(folder)
         raise ConfigError(
-            f"resume={cfg.resume}: no checkpoints/last.ckpt there, nothing to resume; "
+            f"resume={cfg.resume}: no {path.relative_to(folder)} there, nothing to resume; "
             "start a new run without resume="
         )
-    ckpt = load_checkpoint(path)
+    ckpt = layout.read_checkpoint(path)
     step = ckpt["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"]
     return resumed_config(cfg, saved_config(ckpt), overrides), Resume(path, step)
 

@@ -21,6 +21,7 @@ from lightning_sota.config.compose import CONFIG_DIR
 from lightning_sota.files import write_json
 from lightning_sota.models.weights import normalize_for_weights
 from lightning_sota.report.lr_find import find_lr
+from lightning_sota.run import layout
 from lightning_sota.run.build import build_run
 from lightning_sota.run.results import is_complete, summarize
 from lightning_sota.run.resume import Resume, resumed
@@ -38,11 +39,11 @@ def train(cfg: DictConfig, run_dir: Path, resume: Resume | None = None) -> dict 
     run = build_run(cfg, run_dir, weights=resume is None)  # a resume's weights are its checkpoint's
     lr_found = None
     if cfg.lr_find and not resume:
-        lr_found = find_lr(run.trainer, run.module, run.data, run_dir)
+        lr_found = find_lr(run.trainer, run.module, run.data, run.plan, run_dir)
         suggestion = lr_found["suggestion"]
         log.info("lr_find: valley suggests %.2e (optim.lr=%s); lr_find.png", suggestion, cfg.optim.lr)
         if run.trainer.is_global_zero:  # the whole curve's numbers beside its picture
-            write_json(run_dir / "lr_find.json", lr_found)
+            write_json(run_dir / layout.LR_FIND_CURVE, lr_found)
         if cfg.lr_find == "only":
             return None
 
@@ -64,7 +65,7 @@ def train(cfg: DictConfig, run_dir: Path, resume: Resume | None = None) -> dict 
     if run.trainer.is_global_zero:
         results |= run.interpretation.results
         results["interpret_seconds"] = round(run.interpretation.seconds, 2)
-        write_json(run_dir / "results.json", results)
+        write_json(run_dir / layout.RESULTS, results)
         log.info("val_acc %.4f in %.1f s (%s)", results["val_acc"], train_seconds, run_dir)
     return results
 
@@ -82,7 +83,7 @@ def main(cfg: DictConfig) -> float | None:
         normalize_for_weights(cfg, list(hydra_cfg.overrides.task))
     check_config(cfg)
     check_multirun(cfg.trainer, hydra_cfg.mode == RunMode.MULTIRUN)
-    done = run_dir / "results.json"
+    done = run_dir / layout.RESULTS
     if cfg.skip_completed and is_complete(done):
         log.info("skipped: %s is complete", done)
         results = json.loads(done.read_text())

@@ -23,6 +23,7 @@ from lightning_sota.cli import one_line_errors
 from lightning_sota.errors import ConfigError
 from lightning_sota.files import write_json
 from lightning_sota.report.interpret import predictions, scores
+from lightning_sota.run import layout
 from lightning_sota.run.checkpoint import FREE, restore, scoring_data
 
 
@@ -55,7 +56,7 @@ def evaluate(target: str, overrides: list[str], tta: bool = False, split: str = 
         **scores(logits, labels, run.classes),
         "seconds": round(time.perf_counter() - start, 2),
     }
-    write_json(run.run_dir / "eval.json", result)
+    write_json(run.run_dir / layout.EVALUATION, result)
     return result
 
 

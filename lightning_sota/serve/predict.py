@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightning_sota.cli import one_line_errors
 from lightning_sota.data.cache import load_image, place, stored_shape, upright_size
-from lightning_sota.data.datamodule import IMAGE_SUFFIXES
+from lightning_sota.data.folders import IMAGE_SUFFIXES
 from lightning_sota.locks import usable_cpus
 from lightning_sota.run.checkpoint import restore
 
@@ -106,14 +106,20 @@ class Predictor:
     ``predict(item)`` -> (label, probabilities) for an image file, a PIL image or a uint8 image
     tensor; ``predict_batch(items)`` for many; ``predict_files`` streams files as the command line
     does. ``classes``, ``model`` (the torch network) and ``preprocess`` (an item -> the
-    normalized [3, size, size] input the model takes) are there to use directly."""
+    normalized [3, size, size] input the model takes) are there to use directly.
+    ``tune_process``: the command line's own process takes the run's CPU allocator tuning; a
+    user's Python that calls ``load_run`` keeps its own."""
 
     def __init__(
-        self, checkpoint: str | Path, accelerator: str | None = None, precision: str | None = None
+        self,
+        checkpoint: str | Path,
+        accelerator: str | None = None,
+        precision: str | None = None,
+        tune_process: bool = False,
     ) -> None:
         chosen = {"accelerator": accelerator, "precision": precision}
         overrides = [f"trainer.{k}={v}" for k, v in chosen.items() if v]
-        self.run = restore(checkpoint, "predict", overrides)
+        self.run = restore(checkpoint, "predict", overrides, tune_process)
         self.classes, self.size = self.run.classes, self.run.size
         self.device = self.run.trainer.strategy.root_device
         self.autocast = self.run.trainer.precision_plugin.val_step_context
@@ -215,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--accelerator", default=None, help="cpu, gpu, ... (default: the run's, auto)")
     parser.add_argument("--precision", default=None, help="32-true, bf16-mixed, ... (default: the run's)")
     args = parser.parse_args(argv)
-    predictor = Predictor(args.checkpoint, args.accelerator, args.precision)
+    predictor = Predictor(args.checkpoint, args.accelerator, args.precision, tune_process=True)
     paths = image_paths(args.paths)
     failed, start = 0, time.perf_counter()
     for path, probs in predictor.predict_files(paths, args.tta, args.batch_size, args.workers):

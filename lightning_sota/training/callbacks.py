@@ -13,6 +13,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info
 
 from lightning_sota.files import write_json
+from lightning_sota.run.plan import Phase, phase_index
 
 
 class History(pl.Callback):
@@ -103,19 +104,21 @@ class ProgressiveResize(pl.Callback):
     epoch-start hook runs, so the phase must be a pure function of the epoch that the
     datamodule evaluates when asked (which also makes a resumed run land in the right phase).
     This callback logs ``size`` and ``batch_size`` every epoch (metrics.csv) and announces each
-    new phase. (The Trainer's max_epochs is the phases' sum: train.py sets it, checks.py refuses
-    a user's.)
+    new phase of the ``phases`` it is given (the plan's). (The Trainer's max_epochs is the
+    phases' sum: build.py sets it, checks.py refuses a user's.)
     """
 
+    def __init__(self, phases: tuple[Phase, ...]) -> None:
+        self.phases = phases
+
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        data = trainer.datamodule
-        phase = data.current_phase()
         epoch = trainer.current_epoch
-        if epoch == 0 or phase != data.phase_at(epoch - 1):
-            number = data.phases.index(phase) + 1
+        number = phase_index(self.phases, epoch)
+        phase = self.phases[number]
+        if epoch == 0 or number != phase_index(self.phases, epoch - 1):
             rank_zero_info(
-                f"phase {number}/{len(data.phases)}: {phase.size} px, batch size {phase.batch_size}, "
-                f"{phase.epochs} epochs"
+                f"phase {number + 1}/{len(self.phases)}: {phase.size} px, batch size "
+                f"{phase.batch_size}, {phase.epochs} epochs"
             )
         pl_module.log("size", float(phase.size), on_step=False, on_epoch=True)
         pl_module.log("batch_size", float(phase.batch_size), on_step=False, on_epoch=True)

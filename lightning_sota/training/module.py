@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import numpy as np
@@ -16,6 +15,7 @@ from lightning_sota.augment.augment import BatchAugment
 from lightning_sota.augment.mix import mixed_loss
 from lightning_sota.augment.normalize import Normalize
 from lightning_sota.errors import NonFiniteLossError
+from lightning_sota.run.plan import Plan
 
 
 def step_seed(seed: int, rank: int, epoch: int, batch: int) -> int:
@@ -27,8 +27,9 @@ class ImageClassifier(pl.LightningModule):
     """Trains ``model`` on uint8 cache batches (see data.py) with fastai's recipe.
 
     ``loss`` must return one loss per image (``reduction='none'``) so MixUp/CutMix can weight
-    them by λ. ``optimizer(model)`` and ``schedule(optimizer, phases)`` are factories (Hydra
-    partials): the schedule is sized from the datamodule's phases once they are known.
+    them by λ. ``optimizer(model)`` and ``schedule(optimizer, steps)`` are factories (Hydra
+    partials): the schedule is sized from the ``plan`` build_run hands over (run/plan.py), which
+    with ``serving`` (the data's final size and presize) also goes into every checkpoint.
     """
 
     def __init__(
@@ -54,6 +55,8 @@ class ImageClassifier(pl.LightningModule):
         self.optimizer_factory, self.schedule_factory, self.mix = optimizer, schedule, mix
         self.channels_last = channels_last
         self.cpu_tuning: dict[str, bool] = {}  # the CPU speed-ups build_module applied (cpu/)
+        self.plan: Plan | None = None  # handed by build_run: a training run's only
+        self.serving: dict = {}  # the data's final size, presize and max_aspect (DataModule.serving)
         self.stop_on_non_finite = True  # lr_find turns it off: its search ends where the loss blows up
         # the last step's (finite here, finite on every rank, loss) not yet read: see watch_finite
         self._verdict: tuple[Tensor, torch.cuda.Event | None, int, int] | None = None
@@ -169,12 +172,9 @@ class ImageClassifier(pl.LightningModule):
         """What a user of the weights needs; plain types and tensors only, so the file loads
         with ``torch.load(..., weights_only=True)``. No RNG state: see on_train_batch_start."""
         self.settle_finite()  # never save weights stepped from a non-finite loss
-        data = self.trainer.datamodule
         checkpoint["lightning_sota"] = {
             "classes": list(self.classes),
-            "size": data.phases[-1].size,
-            "presize": data.presize_for(data.phases[-1].size),
-            "max_aspect": data.max_aspect,
+            **self.serving,
             "normalize": self.normalize.stats(),
             "model": self.config.get("model", {}),
             "config": self.config,
@@ -182,13 +182,7 @@ class ImageClassifier(pl.LightningModule):
 
     def configure_optimizers(self) -> dict:
         optimizer = self.optimizer_factory(self.model)
-        data = self.trainer.datamodule
-        # The schedule counts optimizer steps, as Lightning steps it: with gradient accumulation
-        # one every `accumulate` batches and one on an epoch's last batch (so the lr still ends
-        # its cycle, as under fastai's GradientAccumulation).
-        accumulate = self.trainer.accumulate_grad_batches
-        steps = [(math.ceil(data.train_batches(p) / accumulate), p.epochs) for p in data.phases]
-        schedule = self.schedule_factory(optimizer, steps)
+        schedule = self.schedule_factory(optimizer, self.plan.optimizer_steps())
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def configure_gradient_clipping(
