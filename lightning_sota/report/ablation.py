@@ -27,6 +27,8 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from lightning_sota.cli import one_line_errors  # noqa: E402
 from lightning_sota.errors import DataError  # noqa: E402
+from lightning_sota.files import staged  # noqa: E402
+from lightning_sota.report.show_batch import save_figure  # noqa: E402
 from lightning_sota.run.results import is_complete  # noqa: E402
 
 # The chapter's order; other experiments follow alphabetically.
@@ -164,8 +166,7 @@ def plot_accuracy(table: dict[str, dict], path: Path) -> None:
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def plot_curves(table: dict[str, dict], path: Path) -> None:
@@ -180,8 +181,7 @@ def plot_curves(table: dict[str, dict], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def write_report(runs_folder: Path, out: Path) -> dict[str, dict]:
@@ -190,12 +190,13 @@ def write_report(runs_folder: Path, out: Path) -> dict[str, dict]:
         raise DataError(f"no complete results.json under {runs_folder}: run some experiments first")
     out.mkdir(parents=True, exist_ok=True)
     fields = ["experiment", "seed", "val_acc", "tta_acc", "best_val_acc", "epochs", "train_seconds", "folder"]
-    with open(out / "results.csv", "w", newline="") as f:
+    with staged(out / "results.csv") as stage, open(stage.path, "w", newline="") as f:
         writer = csv.DictWriter(f, fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(sorted(runs, key=lambda r: (r["experiment"], r["seed"])))
     table = summarize(runs)
-    (out / "results.md").write_text(markdown(table))
+    with staged(out / "results.md") as stage:
+        stage.path.write_text(markdown(table))
     plot_accuracy(table, out / "accuracy.png")
     plot_curves(table, out / "curves.png")
     return table
