@@ -22,7 +22,7 @@ def test_help_starts_with_the_experiments_scales_and_examples():
 @pytest.mark.parametrize("command", ["evaluate", "predict", "export"])
 def test_each_command_refuses_a_missing_run_in_one_line(tmp_path, command):
     args = {"predict": [tmp_path], "export": ["--onnx", tmp_path / "m.onnx"]}.get(command, [])
-    proc = run_cli("python", "-m", f"lightning_sota.{command}", tmp_path / "nowhere", *args, ok=False)
+    proc = run_cli("python", "-m", f"lightning_sota.serve.{command}", tmp_path / "nowhere", *args, ok=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     fix = "no checkpoint there; give a run folder or its checkpoints/last.ckpt"
     assert proc.stderr == f"error: {tmp_path / 'nowhere'}: {fix}\n"

@@ -25,6 +25,7 @@ from torchmetrics import Metric
 
 from lightning_sota.data import datamodule as data_module
 from lightning_sota.run.build import build_module, cpu_tuning
+from lightning_sota.run.plan import prepared_data
 from lightning_sota.training.callbacks import HostSyncCount
 from lightning_sota.training.weight_averaging import HostCountedAverage
 
@@ -127,12 +128,13 @@ def on_fake_gpu(mode: FakeTensorMode, overrides: list[str], mini, tmp_path):
     """The config, the data (caches resident on the fake GPU), the module and the weight average
     (or None) of a smoke run of ``overrides``, built for CUDA as a GPU run builds them, then
     made of fake CUDA tensors (the average as EMA.setup makes it, on the module's device)."""
-    cfg = config(*overrides, "scale=smoke", f"data.root={mini}", f"data.cache_dir={tmp_path}", "~logger")
-    data = instantiate(cfg.data, on_device=True)
-    data.setup("fit")
+    where = [f"data.root={mini}", f"data.cache_dir={tmp_path}", "data.on_device=true"]
+    cfg = config(*overrides, "scale=smoke", *where, "~logger")
+    data, plan = prepared_data(cfg)
     with mode:
         data.place(CUDA, upload=True)
     module = build_module(cfg, data.classes, cpu_tuning(cfg, CUDA))
+    module.plan = plan
     average = None
     if cfg.get("weight_averaging"):
         average = HostCountedAverage(module, use_buffers=True, **instantiate(cfg.weight_averaging)._kwargs)
