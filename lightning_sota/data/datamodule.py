@@ -199,11 +199,11 @@ class ImagenetteDataModule(pl.LightningDataModule):
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         if whole:
             rank, world = 0, 1
-        epoch = self.current_epoch()
-        limit = self.plan.batches_at(epoch) if train else None  # debug=overfit, limit_train_batches
-        if train and self.plan.overfit:  # every epoch the first batches of epoch 0's shuffle
-            epoch = 0
-        batches = ShardedBatches(index, batch_size, train, self.seed, epoch, rank, world, limit)
+        # debug=overfit: every epoch the first batches of epoch 0's shuffle (limit_train_batches
+        # is Lightning's to apply)
+        overfit = self.plan.overfit if train else 0
+        epoch = 0 if overfit else self.current_epoch()
+        batches = ShardedBatches(index, batch_size, train, self.seed, epoch, rank, world, overfit or None)
         images = self.gathered(split, size)
         if isinstance(images, DeviceImages):
             return DataLoader(DeviceBatches(images, batches.batches), batch_size=None)

@@ -58,7 +58,7 @@ class Plan:
     phases: tuple[Phase, ...]
     batches: tuple[int, ...]  # training batches an epoch takes, in each phase
     accumulate: int = 1  # batches per optimizer step (trainer.accumulate_grad_batches)
-    overfit: bool = False  # debug=overfit: every epoch trains the first batches of epoch 0's shuffle
+    overfit: int = 0  # debug=overfit: every epoch trains these first batches of epoch 0's shuffle
 
     @classmethod
     def make(
@@ -72,7 +72,7 @@ class Plan:
         batches = tuple(
             train_batches(train_images, p.batch_size, overfit_batches, limit_train_batches) for p in phases
         )
-        return cls(phases, batches, accumulate, bool(overfit_batches))
+        return cls(phases, batches, accumulate, overfit_batches)
 
     @property
     def epochs(self) -> int:
