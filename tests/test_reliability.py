@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra.utils import instantiate
 from PIL import Image
 
 from lightning_sota.data import acquire
@@ -25,6 +24,7 @@ from lightning_sota.data.batches import ShardedBatches
 from lightning_sota.data.datamodule import ImagenetteDataModule
 from lightning_sota.data.folders import scan_split
 from lightning_sota.errors import ConfigError, DataError
+from lightning_sota.run.plan import prepared_data
 from lightning_sota.serve.predict import Predictor
 
 from .conftest import config, make_folder, run_cli, run_train, train_command
@@ -250,15 +250,14 @@ def test_ddp_cpu_two_processes(tmp_path, mini):
     draws = [torch.load(tmp_path / f"draws_rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert all(len(d["label"]) == 16 for d in draws)
     assert not torch.equal(draws[0]["rng"], draws[1]["rng"])
-    data = instantiate(
+    data, _ = prepared_data(
         config(
             "+experiment=normalize",
             "scale=smoke",
             f"data.root={mini}",
             f"data.cache_dir={tmp_path / 'cache'}",
-        ).data
+        )
     )
-    data.setup("fit")
     first = ShardedBatches(data.train_index, 32, True, seed=0, epoch=0, rank=0, world=1).batches[0]
     for rank, drawn in enumerate(draws):
         half = data.images("train", 32)[first[16 * rank : 16 * (rank + 1)]]
