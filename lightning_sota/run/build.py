@@ -62,7 +62,8 @@ def build_module(
         num_classes=len(classes),
         channels_last=cfg.model.channels_last,
         classes=classes,
-        config=OmegaConf.to_container(cfg, resolve=True),
+        # plain strings for the schema's choices: the checkpoint loads with weights_only=True
+        config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
         seed=cfg.seed,
     )
     module.cpu_tuning = tuning.apply(model, process=tune_process)
