@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_sota.errors import ConfigError
+
 CROP_TRIES = 10  # fastai's RandomResizedCrop attempts
 
 
@@ -105,18 +107,18 @@ class BatchAugment(nn.Module):
         self.min_scale, self.p_flip, self.max_rotate = min_scale, p_flip, max_rotate
         self.ratio = (float(ratio[0]), float(ratio[1]))
         if not 0 < self.ratio[0] <= self.ratio[1]:
-            raise ValueError(
+            raise ConfigError(
                 f"augment.ratio={list(ratio)}: use [low, high] with 0 < low <= high, e.g. [0.75, 1.333]"
             )
         self.min_zoom, self.max_zoom, self.max_warp = min_zoom, max_zoom, max_warp
         self.p_affine, self.max_lighting, self.p_lighting = p_affine, max_lighting, p_lighting
         if pad_mode not in ("reflection", "border"):
-            raise ValueError(f"augment.pad_mode={pad_mode!r}: use reflection (fastai's) or border")
+            raise ConfigError(f"augment.pad_mode={pad_mode!r}: use reflection (fastai's) or border")
         if not 0 < valid_scale <= 1:
-            raise ValueError(f"augment.valid_scale={valid_scale}: use a side fraction in (0, 1]")
+            raise ConfigError(f"augment.valid_scale={valid_scale}: use a side fraction in (0, 1]")
         self.mode, self.pad_mode, self.valid_scale = mode, pad_mode, valid_scale
         if crop not in ("square", "image"):
-            raise ValueError(
+            raise ConfigError(
                 f"augment.crop={crop!r}: use square (Resize then aug_transforms) or image (RandomResizedCrop)"
             )
         self.crop = crop

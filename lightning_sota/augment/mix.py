@@ -12,6 +12,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from lightning_sota.errors import ConfigError
+
 
 def mixed_loss(
     loss: Callable[[Tensor, Tensor], Tensor], logits: Tensor, y: Tensor, partner: Tensor, lam: Tensor
@@ -26,7 +28,7 @@ class MixUp:
 
     def __init__(self, alpha: float = 0.4) -> None:
         if alpha <= 0:
-            raise ValueError(f"mix.alpha must be > 0, got {alpha}")
+            raise ConfigError(f"mix.alpha must be > 0, got {alpha}")
         self.alpha = alpha
 
     def __call__(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -48,7 +50,7 @@ class CutMix:
 
     def __init__(self, alpha: float = 1.0) -> None:
         if alpha <= 0:
-            raise ValueError(f"mix.alpha must be > 0, got {alpha}")
+            raise ConfigError(f"mix.alpha must be > 0, got {alpha}")
         self.alpha = alpha
 
     def __call__(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -7,6 +7,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from lightning_sota.errors import ConfigError
+
 
 class Normalize(nn.Module):
     """Per-channel (x - mean) / std on the device; the identity while no statistics are set.
@@ -18,7 +20,7 @@ class Normalize(nn.Module):
     ) -> None:
         super().__init__()
         if (mean is None) != (std is None):
-            raise ValueError("normalize needs both mean and std, or neither")
+            raise ConfigError("normalize needs both mean and std, or neither")
         self.from_batch = from_batch
         self.register_buffer("mean", torch.tensor(mean or [0.0, 0, 0]).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std or [1.0, 1, 1]).view(1, 3, 1, 1))

@@ -13,6 +13,8 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from lightning_sota.errors import ConfigError
+
 
 def combine(aug: Tensor, centre: Tensor, beta: float = 0.25, use_max: bool = False) -> Tensor:
     """fastai's combination of ``aug`` [n, B, C] and ``centre`` [B, C] probabilities."""
@@ -29,7 +31,7 @@ class TestTimeAugmentation(pl.Callback):
         self, n: int = 4, beta: float = 0.25, use_max: bool = False, mode: str = "augment", seed: int = 0
     ) -> None:
         if mode not in ("augment", "flip"):
-            raise ValueError(f"tta.mode must be 'augment' or 'flip', got {mode!r}")
+            raise ConfigError(f"tta.mode must be 'augment' or 'flip', got {mode!r}")
         self.n, self.beta, self.use_max, self.mode, self.seed = n, beta, use_max, mode, seed
         self.accuracy: float | None = None
 

@@ -1,4 +1,6 @@
-"""Reject invalid settings before any data is touched, each with a message that names the fix.
+"""Reject invalid settings before any data is touched, each with a message that names the fix:
+the rules that span several keys or need this machine. Each key's type, choices and range are
+the schema's (schema.py), checked first.
 
 An option the config accepts is either honoured or refused here: nothing is silently ignored.
 Honoured Trainer options that touch the plan: ``accumulate_grad_batches`` and
@@ -8,17 +10,18 @@ Honoured Trainer options that touch the plan: ``accumulate_grad_batches`` and
 
 from __future__ import annotations
 
-import inspect
 import os
 
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import get_object, instantiate
-from omegaconf import DictConfig, OmegaConf
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 
-from lightning_sota.cpu import Switch
-from lightning_sota.errors import ConfigError
+from lightning_sota.config.schema import validate
+from lightning_sota.errors import ConfigError, UserError
 from lightning_sota.models.weights import check_pretrained
+from lightning_sota.run.plan import planned_phases
+from lightning_sota.training.schedule import check_freeze_epochs
 
 PHASES_FIX = "epochs come from the phases: set scale.epochs (resize=fixed) or scale.progressive.N.epochs"
 WHOLE_SPLIT = "val_acc and tta_acc are scored on the whole validation split every epoch: remove it"
@@ -47,84 +50,15 @@ REFUSED_TRAINER = {
 }
 
 
-# Mixed precision computes in half precision under autocast and keeps fp32 weights, as fastai's
-# to_fp16/to_bf16 do. The *-true precisions hold the weights themselves in 16 or 64 bits: Adam's
-# small updates to bf16 weights are lost in training from scratch, and their default dtype
-# would reach the augmentation's geometry, which is fp32 by design.
-PRECISIONS = ("32-true", "32", "bf16-mixed", "bf16", "16-mixed", "16")
-COMPILE_MODES = ("default", "lite", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-
 def check_config(cfg: DictConfig) -> None:
-    phases = cfg.resize.phases
-    if not phases:
-        raise ConfigError("resize.phases is empty: give at least one {size, batch_size, epochs}")
-    for i, p in enumerate(phases):
-        for key in ("size", "batch_size", "epochs"):
-            if not isinstance(p[key], int) or p[key] <= 0:
-                raise ConfigError(f"resize.phases[{i}].{key}={p[key]!r}: must be a positive integer")
-    sizes = [p["size"] for p in phases]
-    if sizes != sorted(sizes):
-        raise ConfigError(
-            f"resize.phases sizes {sizes} decrease: progressive resizing goes from small to large"
-        )
-    if cfg.optim.lr <= 0:
-        raise ConfigError(f"optim.lr={cfg.optim.lr}: must be > 0")
-    if cfg.mix and cfg.mix.get("alpha", 1) <= 0:
-        raise ConfigError(f"mix.alpha={cfg.mix.alpha}: must be > 0 (Beta(alpha, alpha))")
-    eps = cfg.loss.get("label_smoothing", 0.0)
-    if not 0 <= eps < 1:
-        raise ConfigError(f"loss.label_smoothing={eps}: must be in [0, 1)")
-    if not 0 < cfg.augment.min_scale <= 1:
-        raise ConfigError(f"augment.min_scale={cfg.augment.min_scale}: must be in (0, 1]")
-    valid_scale = cfg.augment.get("valid_scale", 1.0)
-    if not 0 < valid_scale <= 1:
-        raise ConfigError(f"augment.valid_scale={valid_scale}: use a side fraction in (0, 1]")
-    if not 0 <= cfg.data.get("valid_pct", 0) < 1:
-        raise ConfigError(f"data.valid_pct={cfg.data.valid_pct}: must be a fraction in [0, 1)")
-    if not 0 <= cfg.data.get("holdout", 0) < 1:
-        raise ConfigError(f"data.holdout={cfg.data.holdout}: must be a fraction in [0, 1)")
-    if cfg.augment.pad_mode not in ("reflection", "border"):
-        raise ConfigError(f"augment.pad_mode={cfg.augment.pad_mode!r}: use reflection (fastai's) or border")
-    if cfg.tta and cfg.tta.n < 1:
-        raise ConfigError(f"tta.n={cfg.tta.n}: must be >= 1")
-    compile_mode = cfg.model.get("compile", False)
-    if not isinstance(compile_mode, bool) and compile_mode not in COMPILE_MODES:
-        modes = ", ".join(COMPILE_MODES)
-        raise ConfigError(f"model.compile={compile_mode!r}: use true, false or a torch.compile mode: {modes}")
-    check_switches(cfg)
+    """The schema's types and ranges (schema.validate), then the rules that span several keys
+    or need this machine: the model built on the meta device, the trainer's options against the
+    plan, the devices against the machine, the frozen epochs against the run's."""
+    validate(cfg)
     check_model(cfg.model)
     check_trainer(cfg)
-
-
-# The annotations a switch of the project's own targets has, and what to write instead.
-SWITCHES = {
-    bool: (lambda v: isinstance(v, bool), "true or false"),
-    bool | None: (lambda v: v is None or isinstance(v, bool), "true, false or null"),
-    Switch: (lambda v: isinstance(v, bool) or v == "auto", "auto, true or false"),
-}
-
-
-def check_switches(cfg: DictConfig) -> None:
-    """Every parameter the project's own ``_target_``s annotate as a switch gets a bool: a string
-    such as ``model.blur_pool=no`` or ``tta.use_max=off`` is truthy and would silently turn the
-    feature on."""
-
-    def walk(node: dict, path: str) -> None:
-        target = node.get("_target_")
-        if isinstance(target, str) and target.startswith("lightning_sota."):
-            for name, param in inspect.signature(get_object(target), eval_str=True).parameters.items():
-                if name in node and param.annotation in SWITCHES:
-                    valid, fix = SWITCHES[param.annotation]
-                    value = OmegaConf.select(cfg, path + name)  # interpolations resolved
-                    if not valid(value):
-                        raise ConfigError(f"{path}{name}={value!r}: use {fix}")
-        for key, child in node.items():
-            if isinstance(child, dict):
-                walk(child, f"{path}{key}.")
-
-    # unresolved, so a node's interpolations (run directories) are read only where they are switches
-    walk(OmegaConf.to_container(cfg, resolve=False), "")
+    if "freeze_epochs" in cfg.schedule:  # fine_tune_pretrained
+        check_freeze_epochs(cfg.schedule.freeze_epochs, sum(p.epochs for p in planned_phases(cfg.resize)))
 
 
 def check_model(model: DictConfig) -> None:
@@ -141,8 +75,8 @@ def check_model(model: DictConfig) -> None:
         with torch.device("meta"):
             instantiate(model, num_classes=10, pretrained=False)  # the weights: not needed to check
     except InstantiationException as err:
-        if isinstance(err.__cause__, ValueError):  # create_model's refusals name the fix
-            raise ConfigError(str(err.__cause__)) from err
+        if isinstance(err.__cause__, UserError):  # create_model's refusals name the fix
+            raise err.__cause__ from None
         raise
 
 
@@ -151,34 +85,8 @@ def check_trainer(cfg: DictConfig) -> None:
     for key, fix in REFUSED_TRAINER.items():
         if key in trainer:
             raise ConfigError(f"trainer.{key} is not supported: {fix}")
-    if trainer.get("use_distributed_sampler", False):
-        raise ConfigError(
-            "trainer.use_distributed_sampler=true: the datamodule shards every epoch per rank itself; "
-            "remove it"
-        )
-    accumulate = trainer.get("accumulate_grad_batches", 1)
-    if not isinstance(accumulate, int) or isinstance(accumulate, bool) or accumulate < 1:
-        raise ConfigError(f"trainer.accumulate_grad_batches={accumulate!r}: must be an integer >= 1")
-    limit = trainer.get("limit_train_batches", 1.0)
-    if isinstance(limit, bool) or not (
-        (isinstance(limit, int) and limit >= 1) or (isinstance(limit, float) and 0 < limit <= 1)
-    ):
-        raise ConfigError(
-            f"trainer.limit_train_batches={limit!r}: must be a batch count >= 1 or a fraction in (0, 1]"
-        )
-    # unresolved: the default (an ls.fast_precision interpolation) is always one of them, and
-    # resolving it would ask the GPU before the device checks below
-    precision = str(OmegaConf.to_container(trainer, resolve=False).get("precision"))
-    if not precision.startswith("${") and precision not in PRECISIONS:
-        raise ConfigError(
-            f"trainer.precision={precision} is not supported: the weights and the augmentation's "
-            "geometry would be held in that precision; use bf16-mixed (bf16 compute on fp32 weights, "
-            "the GPU default), 16-mixed or 32-true"
-        )
     clip = trainer.get("gradient_clip_val") or 0
-    if clip < 0:
-        raise ConfigError(f"trainer.gradient_clip_val={clip}: must be >= 0")
-    if clip and str(trainer.get("precision")) in ("16", "16-mixed") and cfg.optim.get("fused"):
+    if clip and str(trainer.precision) in ("16", "16-mixed") and cfg.optim.get("fused"):
         raise ConfigError(
             f"trainer.gradient_clip_val={clip} with precision 16-mixed: the fused optimizer unscales "
             "inside its step, too late to clip; use trainer.precision=bf16-mixed or optim.fused=false"
@@ -254,8 +162,6 @@ def check_devices(trainer: DictConfig) -> None:
                 "or -1 (all of them)"
             )
     nodes = trainer.get("num_nodes", 1)
-    if not isinstance(nodes, int) or nodes < 1:
-        raise ConfigError(f"trainer.num_nodes={nodes!r}: must be an integer >= 1")
     if nodes > 1 and not cluster_launched():
         raise ConfigError(
             f"trainer.num_nodes={nodes} but no multi-node launcher started this process: run it "

@@ -10,7 +10,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lightning_sota.errors import ConfigError
+from lightning_sota.config.schema import config_error, validate  # importing it stores the schemas
 from lightning_sota.run.launch import rank_suffix, rank_zero, run_time
 
 
@@ -54,10 +54,12 @@ OmegaConf.register_new_resolver("ls.fast_precision", fast_precision, replace=Tru
 
 
 def compose_config(overrides: list[str]) -> DictConfig:
-    """The config `python train.py <overrides>` composes (no Hydra run, no run folder); a
-    mistyped override or option is refused in one line."""
+    """The config `python train.py <overrides>` composes (no Hydra run, no run folder), checked
+    against the schema; a mistyped override, option or value is refused in one line."""
     try:
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            return compose("config", overrides=list(overrides))
+            cfg = compose("config", overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as err:
-        raise ConfigError(str(err).splitlines()[0]) from err
+        raise config_error(err) from err
+    validate(cfg)
+    return cfg

@@ -18,6 +18,7 @@ import torch
 from timm.layers import BlurPool2d, get_act_layer
 from torch import nn
 
+from lightning_sota.errors import ConfigError
 from lightning_sota.models.layers import MaxBlurPool, SimpleSelfAttention, fastai_se
 from lightning_sota.models.weights import XRESNETS, check_pretrained, from_timm, load_pretrained
 
@@ -27,7 +28,7 @@ def add_self_attention(model: nn.Module, arch: str) -> None:
     residual branch after squeeze-excitation, before the addition (timm calls ``block.se`` there)."""
     block = model.layer1[-1] if hasattr(model, "layer1") else None
     if not hasattr(block, "se"):
-        raise ValueError(f"model.sa=true: {arch} is not a timm ResNet: set model.sa=false")
+        raise ConfigError(f"model.sa=true: {arch} is not a timm ResNet: set model.sa=false")
     channels = (block.bn3 if hasattr(block, "bn3") else block.bn2).num_features  # the block's output
     attention = SimpleSelfAttention(channels)
     block.se = attention if block.se is None else nn.Sequential(block.se, attention)
@@ -42,7 +43,7 @@ def set_pool(model: nn.Module, pool: str, arch: str) -> None:
     ``max_blur``: max, then every max pool, the stem's included, made ``MaxBlurPool``, as the
     leaderboard row's notebook converts fastai's ``xse_resnext50(pool=MaxPool)``."""
     if pool not in POOLS:
-        raise ValueError(f"model.pool={pool!r}: use avg, max or max_blur")
+        raise ConfigError(f"model.pool={pool!r}: use avg, max or max_blur")
     if pool == "avg":
         return
     shortcuts = [
@@ -52,7 +53,7 @@ def set_pool(model: nn.Module, pool: str, arch: str) -> None:
         if block.downsample is not None and isinstance(block.downsample[0], nn.AvgPool2d)
     ]
     if not shortcuts or not isinstance(getattr(model, "maxpool", None), nn.MaxPool2d):
-        raise ValueError(
+        raise ConfigError(
             f"model.pool={pool}: {arch} has no average-pool shortcuts to replace "
             "(fastai's xresnets do): set model.pool=avg"
         )
@@ -93,7 +94,7 @@ def activation(act: str | None) -> type[nn.Module] | None:
     try:
         return get_act_layer(act)
     except KeyError:
-        raise ValueError(
+        raise ConfigError(
             f"model.act={act}: not an activation timm knows: use relu, mish, silu, gelu, ..."
         ) from None
 
@@ -117,14 +118,14 @@ def initialised(arch: str, num_classes: int, widen: float, **kwargs) -> nn.Modul
     try:
         return timm.create_model(arch, num_classes=num_classes, **kwargs)
     except RuntimeError as err:  # timm: "Unknown model (...)"
-        raise ValueError(
+        raise ConfigError(
             f"unknown model.arch={arch!r}: use one of {sorted(XRESNETS)} or a "
             "timm model name (timm.list_models())"
         ) from err
     except TypeError as err:  # a constructor without ``channels``: not a ResNet
         if widen == 1:
             raise
-        raise ValueError(f"model.widen={widen}: {arch} is not a timm ResNet: set model.widen=1") from err
+        raise ConfigError(f"model.widen={widen}: {arch} is not a timm ResNet: set model.widen=1") from err
 
 
 def create_model(
@@ -163,20 +164,20 @@ def create_model(
     if widen != 1:
         kwargs["channels"] = tuple(int(c * widen) for c in (64, 128, 256, 512))
         if min(kwargs["channels"]) < 1:
-            raise ValueError(f"model.widen={widen}: leaves a stage without channels: use at least 1/64")
+            raise ConfigError(f"model.widen={widen}: leaves a stage without channels: use at least 1/64")
     if pretrained is True:
         model = from_timm(arch, num_classes, **kwargs)
     else:
         model = initialised(arch, num_classes, widen, **kwargs)
     if blur_pool and pool == "max_blur":
-        raise ValueError(
+        raise ConfigError(
             "model.blur_pool=true with model.pool=max_blur: max_blur already makes the stem's max pool "
             "a MaxBlurPool: set model.blur_pool=false"
         )
     set_pool(model, pool, arch)
     if blur_pool:
         if not isinstance(getattr(model, "maxpool", None), nn.MaxPool2d):
-            raise ValueError(f"model.blur_pool=true: {arch} has no max-pool stem: set model.blur_pool=false")
+            raise ConfigError(f"model.blur_pool=true: {arch} has no max-pool stem: set model.blur_pool=false")
         width = model.bn1.num_features
         model.maxpool = nn.Sequential(nn.MaxPool2d(3, stride=1, padding=1), BlurPool2d(width, stride=2))
     if sa:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -39,30 +40,51 @@ def cpu_tuning(cfg: DictConfig, device: torch.device) -> CpuTuning:
     return instantiate(cfg.cpu)(device)
 
 
-def build_module(
-    cfg: DictConfig, classes: list[str], tuning: CpuTuning, weights: bool = True, tune_process: bool = True
-) -> ImageClassifier:
-    """The LightningModule of a config (a run's, or one saved in a checkpoint), its model (and,
-    with ``tune_process``, this process) tuned by ``tuning``, which ``module.cpu_tuning`` records.
-    ``weights=False``: not loaded from ``model.pretrained`` (a checkpoint's own weights follow)."""
+def built(node: DictConfig, **kwargs: Any) -> Any:
+    """``instantiate(node, **kwargs)``; a refusal of the project's own code (a UserError: a
+    value the schema cannot judge, such as a model.arch timm does not know) said in one line."""
     try:
-        model = instantiate(cfg.model, num_classes=len(classes), **({} if weights else {"pretrained": False}))
-    except InstantiationException as err:  # a refusal of weights.py, said in one line
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
         if isinstance(err.__cause__, UserError):
             raise err.__cause__ from None
         raise
+
+
+def build_parts(cfg: DictConfig) -> dict[str, Any]:
+    """The module's parts besides the model, which needs the data's classes: the augmentation,
+    normalization, mix, loss, and the optimizer's and schedule's factories."""
+    return {
+        "augment": built(cfg.augment),
+        "normalize": built(cfg.normalize),
+        "mix": built(cfg.mix) if cfg.mix else None,
+        "loss": built(cfg.loss),
+        "optimizer": built(cfg.optim),
+        "schedule": built(cfg.schedule),
+    }
+
+
+def build_module(
+    cfg: DictConfig,
+    classes: list[str],
+    tuning: CpuTuning,
+    weights: bool = True,
+    tune_process: bool = True,
+    parts: dict[str, Any] | None = None,
+) -> ImageClassifier:
+    """The LightningModule of a config (a run's, or one saved in a checkpoint), its model (and,
+    with ``tune_process``, this process) tuned by ``tuning``, which ``module.cpu_tuning`` records.
+    ``weights=False``: not loaded from ``model.pretrained`` (a checkpoint's own weights follow).
+    ``parts``: build_parts(cfg) made already (build_run makes them before the data)."""
+    model = built(cfg.model, num_classes=len(classes), **({} if weights else {"pretrained": False}))
     module = ImageClassifier(
         model=model,
-        augment=instantiate(cfg.augment),
-        normalize=instantiate(cfg.normalize),
-        mix=instantiate(cfg.mix) if cfg.mix else None,
-        loss=instantiate(cfg.loss),
-        optimizer=instantiate(cfg.optim),
-        schedule=instantiate(cfg.schedule),
+        **(parts or build_parts(cfg)),
         num_classes=len(classes),
         channels_last=cfg.model.channels_last,
         classes=classes,
-        config=OmegaConf.to_container(cfg, resolve=True),
+        # plain strings for the schema's choices: the checkpoint loads with weights_only=True
+        config=OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
         seed=cfg.seed,
     )
     module.cpu_tuning = tuning.apply(model, process=tune_process)
@@ -83,15 +105,18 @@ class Run:
 
 
 def build_run(cfg: DictConfig, run_dir: Path, weights: bool = True) -> Run:
-    """Every part of a run. The Trainer comes first: Lightning validates its options (devices,
-    strategy, precision, ...) in its constructor, so a bad one is refused before any data is read;
-    the module comes last, tuned for the Trainer's device (``weights``: see build_module)."""
+    """Every part of a run. Everything the config describes is built before any data is read,
+    so a value a part refuses ends the run first: the module's parts, the callbacks, the loggers
+    and the Trainer, whose constructor validates Lightning's options (devices, strategy, ...).
+    The module comes last, its model sized for the data's classes and tuned for the Trainer's
+    device (``weights``: see build_module)."""
     pl.seed_everything(cfg.seed, workers=True)
     phases = planned_phases(cfg.resize)
+    parts = build_parts(cfg)
     data = build_data(cfg)
     history = History()
     interpretation = Interpretation(history, data, run_dir)
-    tta: TestTimeAugmentation | None = instantiate(cfg.tta) if cfg.tta else None
+    tta: TestTimeAugmentation | None = built(cfg.tta) if cfg.tta else None
     callbacks = [
         history,
         ProgressiveResize(phases),
@@ -102,11 +127,11 @@ def build_run(cfg: DictConfig, run_dir: Path, weights: bool = True) -> Run:
         ),
         ShowBatch(run_dir / layout.SHOW_BATCH),
         *([tta] if tta else []),
-        *([instantiate(cfg.weight_averaging)] if cfg.get("weight_averaging") else []),
-        *(instantiate(c) for c in cfg.get("callbacks", {}).values()),
+        *([built(cfg.weight_averaging)] if cfg.get("weight_averaging") else []),
+        *(built(c) for c in cfg.get("callbacks", {}).values()),
         interpretation,  # after weight averaging's on_train_end, which puts the average in the model
     ]
-    loggers = [instantiate(c) for c in cfg.logger.values()]
+    loggers = [built(c) for c in cfg.logger.values()]
     log_config(loggers, cfg)
     try:
         trainer: pl.Trainer = instantiate(
@@ -131,6 +156,6 @@ def build_run(cfg: DictConfig, run_dir: Path, weights: bool = True) -> Run:
     data.setup("fit")  # acquire and build the presize caches now: reported apart from the fit
     data.place(trainer.strategy.root_device, upload=True)  # and upload them, before the timed fit
     plan = make_plan(cfg, data)
-    module = build_module(cfg, data.classes, tuning, weights)
+    module = build_module(cfg, data.classes, tuning, weights, parts=parts)
     module.plan, module.serving = plan, data.serving()
     return Run(plan, data, module, trainer, history, tta, interpretation)

@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_sota.augment.tta import TestTimeAugmentation
-from lightning_sota.config.checks import check_switches
+from lightning_sota.config.schema import validate
 from lightning_sota.data.datamodule import ImagenetteDataModule
 from lightning_sota.errors import ConfigError
 from lightning_sota.run import layout
@@ -75,7 +75,7 @@ def keep_plan(
     if any(not covered(k, free) for k in typed):
         # top-level groups that are wholly free (loggers: Hydra-run paths) need not resolve
         planned = OmegaConf.masked_copy(proposed, [k for k in proposed if not covered(str(k), free)])
-        mine = flat(OmegaConf.to_container(planned, resolve=True))
+        mine = flat(OmegaConf.to_container(planned, resolve=True, enum_to_str=True))
         theirs = flat(OmegaConf.to_container(saved, resolve=True))
         keys = sorted(mine.keys() | theirs.keys())
         changed = [k for k in keys if not covered(k, free) and mine.get(k) != theirs.get(k)]
@@ -154,6 +154,8 @@ def upgrade(cfg: DictConfig) -> DictConfig:
     for key in ("epochs_per_phase", "overfit_batches"):
         if key in data:
             cfg.resize[key] = data.pop(key)
+    for key in ("budget_progressive", "sota_blur_pool"):  # sota's, now in experiment/sota.yaml
+        cfg.scale.pop(key, None)
     return cfg
 
 
@@ -189,7 +191,7 @@ def restore(
     typed = list(flat(OmegaConf.to_container(dotlist)))
     fix = f"{command} uses the run as it was trained: only {', '.join(FREE[command])} may change"
     cfg = keep_plan(saved, OmegaConf.merge(saved, dotlist), typed, command, fix)
-    check_switches(cfg)
+    validate(cfg)  # the overrides the command took, typed and in range as a run's
     # Scored eagerly whatever the run trained with: compiling costs more than scoring a folder,
     # and torch.export (ONNX) traces the plain module.
     OmegaConf.update(cfg, "model.compile", False)

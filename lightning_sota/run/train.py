@@ -6,18 +6,21 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import warnings
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException, OverrideParseException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_sota.cli import one_line_errors
 from lightning_sota.config.checks import check_config, check_multirun
 from lightning_sota.config.compose import CONFIG_DIR
+from lightning_sota.config.schema import config_error
 from lightning_sota.files import write_json
 from lightning_sota.models.weights import normalize_for_weights
 from lightning_sota.report.lr_find import find_lr
@@ -72,8 +75,9 @@ def train(cfg: DictConfig, run_dir: Path, resume: Resume | None = None) -> dict 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
 @one_line_errors
-def main(cfg: DictConfig) -> float | None:
-    """What a sweeper maximises: the holdout's accuracy when there is one, else val_acc."""
+def run(cfg: DictConfig) -> float | None:
+    """The job Hydra runs with each composed config. What a sweeper maximises: the holdout's
+    accuracy when there is one, else val_acc."""
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     resume = None
@@ -93,6 +97,22 @@ def main(cfg: DictConfig) -> float | None:
     log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
     results = train(cfg, run_dir, resume)
     return None if results is None else results[results["selected_on"]]
+
+
+@one_line_errors
+def main() -> None:
+    """``python train.py <overrides>``. What Hydra refuses while parsing the overrides and
+    composing the config (a wrong type, an unknown key or option) is one line too, as every other
+    refusal: Hydra raises it to here instead of printing its own report of it. Anything else
+    keeps its traceback, and HYDRA_FULL_ERROR=1 of the user's keeps Hydra's."""
+    full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # what makes Hydra raise; the DDP ranks it starts inherit it
+    try:
+        run()
+    except (ConfigCompositionException, OverrideParseException) as err:
+        if full_error:
+            raise
+        raise config_error(err) from err
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ def log_config(loggers: list[Logger], cfg: DictConfig) -> None:
     """The resolved config as each logger's hyperparameters (flattened to a.b.c keys by
     Lightning), so runs compare by any setting; the CSV logger's copy would only repeat the run
     folder's .hydra/config.yaml."""
-    params = OmegaConf.to_container(cfg, resolve=True)
+    params = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     for logger in loggers:
         if not isinstance(logger, CSVLogger):
             logger.log_hyperparams(params)

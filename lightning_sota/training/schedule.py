@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from lightning_sota.errors import ConfigError
+
 
 def cos_anneal(start: float, end: float, pos: float) -> float:
     """fastai's SchedCos: from ``start`` at pos 0 to ``end`` at pos 1 along half a cosine."""
@@ -153,6 +155,15 @@ def even_mults(start: float, stop: float, n: int) -> list[float]:
     return [start * step**i for i in range(n)]
 
 
+def check_freeze_epochs(freeze_epochs: int, epochs: int) -> None:
+    """fine_tune trains at least one epoch frozen and one unfrozen (checks.py asks before the run)."""
+    if not 0 < freeze_epochs < epochs:
+        raise ConfigError(
+            f"schedule.freeze_epochs={freeze_epochs}: the run has {epochs} epochs: "
+            "freeze fewer, leaving at least one to train unfrozen"
+        )
+
+
 def pretrained_fine_tune(
     optimizer: Optimizer,
     phases: list[tuple[int, int]],
@@ -172,11 +183,7 @@ def pretrained_fine_tune(
     from a to b (even_mults). freeze() and unfreeze() each start with fresh optimizer state.
     ``phases`` are (steps per epoch, epochs), as the run's resize phases give them."""
     per_epoch = [steps for steps, epochs in phases for _ in range(epochs)]
-    if not 0 < freeze_epochs < len(per_epoch):
-        raise ValueError(
-            f"schedule.freeze_epochs={freeze_epochs}: the run has {len(per_epoch)} epochs: "
-            "freeze fewer, leaving at least one to train unfrozen"
-        )
+    check_freeze_epochs(freeze_epochs, len(per_epoch))
     splits = 1 + max(group.get("split", 0) for group in optimizer.param_groups)
     frozen = Cycle(
         sum(per_epoch[:freeze_epochs]),
