@@ -12,7 +12,7 @@ from PIL import Image
 
 from lightning_sota.report.lr_find import trimmed, valley
 
-from .conftest import MINI, results, run_train
+from .conftest import MINI, results, train_here
 
 
 def curves() -> list[tuple[list[float], list[float]]]:
@@ -43,9 +43,14 @@ def test_lr_find_then_the_same_fit(trained_run, tmp_path):
     """lr_find=true: the suggestion in results.json and lr_find.png, then the fit the run has
     without it (the search's steps are undone and its RNG draws forked)."""
     run = tmp_path / "run"
-    cache = f"data.cache_dir={trained_run.parent / 'cache'}"
-    run_train(
-        "+experiment=sota", "scale=smoke", f"data.root={MINI}", "lr_find=true", cache, f"hydra.run.dir={run}"
+    # the trained run's cache, as it built it
+    train_here(
+        "+experiment=sota",
+        "scale=smoke",
+        f"data.root={MINI}",
+        "lr_find=true",
+        tmp=trained_run.parent,
+        run_dir=run,
     )
     res, plain = results(run), results(trained_run)
     found = res["lr_find"]
