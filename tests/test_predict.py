@@ -150,7 +150,10 @@ def test_the_python_api_predicts_what_the_command_line_prints(trained_run, mini)
         # decoded by the caller at full scale (the file's own decode uses libjpeg's draft scale,
         # as the cache does): the same picture, a few thousandths apart
         pil_label, pil = run.predict(Image.open(path))
-        tensor_label, tensor = run.predict(torchvision.io.decode_image(str(path)))
+        # as RGB, the [3, H, W] the API takes (torchvision's default keeps a palette's indices, and
+        # an alpha or a K channel)
+        decoded = torchvision.io.decode_image(str(path), mode=torchvision.io.ImageReadMode.RGB)
+        tensor_label, tensor = run.predict(decoded)
         assert torch.allclose(pil, tensor, atol=2e-3) and (pil - probs).abs().max() < 0.02
     x = run.preprocess(files[0])
     assert x.shape == (3, run.size, run.size)
