@@ -56,8 +56,8 @@ def test_lr_find_then_the_same_fit(trained_run, tmp_path):
     found = res["lr_find"]
     assert found["method"] == "valley" and 1e-6 < found["suggestion"] < 1
     # fastai's 100 steps, or fewer where the loss diverges at the top of the range (smoothed loss
-    # past 4x its best, or not finite): on the mini set that is step 98 or so at one thread, 100
-    # at two, as float rounding goes; the curve's numbers are in lr_find.json
+    # past 4x its best, or not finite), as float rounding goes: on the mini set all 100 under
+    # xdist's one thread; the curve's numbers are in lr_find.json
     curve = json.loads((run / "lr_find.json").read_text())
     steps = found["steps"]
     assert curve["suggestion"] == found["suggestion"] and curve["steps"] == steps
