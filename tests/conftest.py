@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import platform
+import random
 import shutil
 import subprocess
 import sys
@@ -124,17 +125,22 @@ def loggers() -> dict:
 @contextlib.contextmanager
 def restored() -> Iterator[None]:
     """The process as it was before the block, whatever ran in it: a run in this process seeds
-    (Lightning's PL_* variables), sets cuDNN's flag, may set Hydra's runtime config, and on a
-    CPU raises glibc's malloc thresholds for the process (lightning_sota/cpu/host_memory.py),
-    which would keep every later test's peak heap mapped; Hydra's main sets up logging (train.log)
-    and caches the run folder's time; evaluate quiets Lightning's logger."""
+    every RNG (Lightning's seed_everything, and its PL_* variables), sets cuDNN's flag, may set
+    Hydra's runtime config, and on a CPU raises glibc's malloc thresholds for the process
+    (lightning_sota/cpu/host_memory.py), which would keep every later test's peak heap mapped;
+    Hydra's main sets up logging (train.log) and caches the run folder's time; evaluate quiets
+    Lightning's logger."""
     environ, threads = dict(os.environ), torch.get_num_threads()
+    rngs = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
     benchmark, hydra, logs = torch.backends.cudnn.benchmark, HydraConfig.instance().cfg, loggers()
     try:
         yield
     finally:
         os.environ.clear()
         os.environ.update(environ)
+        random.setstate(rngs[0])
+        np.random.set_state(rngs[1])
+        torch.random.set_rng_state(rngs[2])
         torch.set_num_threads(threads)
         torch.backends.cudnn.benchmark, HydraConfig.instance().cfg = benchmark, hydra
         for log, (level, handlers, disabled) in logs.items():
