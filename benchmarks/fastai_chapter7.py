@@ -6,8 +6,8 @@ Learner.tta().
   --recipe chapter      chapter 7: Adam, CrossEntropyLossFlat, fit_one_cycle(epochs, lr)
   --recipe leaderboard  the Imagenette leaderboard's 5-epoch style: xresnet with Mish, ranger,
                         LabelSmoothingCrossEntropy, fit_flat_cos(epochs, lr, wd=1e-2) (lr 8e-3
-                        in vs_fastai.py; the leaderboard's self-attention and MaxBlurPool left out,
-                        as in the figure ../shared/REFERENCE.md gives)
+                        in vs_fastai.py; the leaderboard's self-attention and MaxBlurPool left out:
+                        its 5-epoch recipe on a plain xresnet)
 Prints one JSON line. Needs the `bench` extra (fastai).
 """
 

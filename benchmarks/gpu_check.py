@@ -9,7 +9,7 @@ recorded even when one fails; gpu_check.json is rewritten after every step, so a
 still brings back what it measured:
 - device: torch, Python, the GPU.
 - cuda_tests: ``pytest -m cuda tests/test_cuda.py`` (only the CUDA tests: the other test modules
-  need packages the GPU machine lacks), on the mini set's shape taken from the data.
+  need packages the GPU machine lacks), on a split of the tests' mini set's shape taken from the data.
 - syncs: ``+experiment=sota mix=mixup weight_averaging=ema debug=syncs`` at scale=leaderboard,
   30 batches an epoch: host waits per training step and validation batch through the run's own
   on-device data path (syncs.json).
@@ -19,8 +19,8 @@ still brings back what it measured:
   with the time to each epoch's accuracy.
 At most 8 files come back in ``--out``, none in a subfolder: gpu_check.json, gpu_check.md (the
 table), cuda_tests.txt, syncs.json, sota_leaderboard.json (its results.json). Caches and run
-folders stay in ``--work``. ``--smoke``: the same steps on the CPU at smoke scale on the mini set
-(what the test suite runs), so the script is known to work before a GPU is ever lent.
+folders stay in ``--work``. ``--smoke``: the same steps on the CPU at smoke scale on the tests' mini
+set (what the test suite runs), so the script is known to work before a GPU is ever lent.
 ``--steps``: only the steps named, in that order.
 """
 
@@ -48,11 +48,13 @@ from throughput import loader_rate, pipeline, step_rate  # noqa: E402
 from lightning_sota.data.folders import scan_split  # noqa: E402
 from lightning_sota.files import write_json  # noqa: E402
 from lightning_sota.locks import usable_cpus  # noqa: E402
+from tests.imagenette_like import TRAIN, VAL, imagenette_like  # noqa: E402
 
 # Seconds each step may take on one H200 (16 cores, the full split), its first calls' times
 # rounded up (benchmarks/RESULTS.md): 320 in all.
 BUDGET = {"device": 5, "cuda_tests": 80, "syncs": 60, "throughput": 75, "sota_leaderboard": 100}
-# The anchors the issue measures us against (../shared/REFERENCE.md, fastbook chapter 7).
+# The anchors the issue measures us against (https://github.com/fastai/imagenette's leaderboard,
+# fastbook chapter 7).
 ANCHORS = {
     "leaderboard_128px_5ep": "87.43% (xse_resnext50, Imagenette leaderboard)",
     "goal_h200": "sota at scale=leaderboard (xresnet50, 128 px) with under 15 s of training",
@@ -106,11 +108,11 @@ def device_report() -> dict:
 
 
 def mini_split(root: Path, work: Path) -> Path:
-    """The mini set's shape (50 train and 20 val images a class) taken from ``root``, for the
-    CUDA tests: written for the suite's mini set, they would train on the whole split."""
+    """The tests' mini set's shape (TRAIN and VAL images a class, tests/imagenette_like.py) taken
+    from ``root``, for the CUDA tests: written for that set, they would train on the whole split."""
     mini = work / "mini"
     shutil.rmtree(mini, ignore_errors=True)
-    for split, n in (("train", 50), ("val", 20)):
+    for split, n in (("train", TRAIN), ("val", VAL)):
         classes, files, labels = scan_split(root / split)
         taken = dict.fromkeys(range(len(classes)), 0)
         for file, label in zip(files, labels, strict=True):
@@ -259,10 +261,11 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="where the (at most 8) files that come back go")
     parser.add_argument("--work", default="/tmp/lightning-sota-gpu-check", help="caches and run folders")
     parser.add_argument(
-        "--root", help="train/ and val/ (default: the unpacked data pack, or the mini set with --smoke)"
+        "--root",
+        help="train/ and val/ (default: the unpacked data pack, or the tests' mini set with --smoke)",
     )
     parser.add_argument(
-        "--smoke", action="store_true", help="CPU, smoke scale, the mini set: the script's own test"
+        "--smoke", action="store_true", help="CPU, smoke scale, the tests' mini set: the script's own test"
     )
     parser.add_argument(
         "--steps", nargs="+", choices=list(BUDGET), default=list(BUDGET), help="default: every step"
@@ -270,9 +273,12 @@ def main() -> None:
     args = parser.parse_args()
     out, work = Path(args.out), Path(args.work)
     out.mkdir(parents=True, exist_ok=True)
-    # the mini set: where the tests find it (IMAGENETTE_MINI, else ../shared beside the checkout)
-    mini = os.environ.get("IMAGENETTE_MINI", ROOT.parent / "shared" / "data" / "imagenette-mini")
-    root = Path(args.root or (mini if args.smoke else "/tmp/imagenette-pack"))
+    if args.root:
+        root = Path(args.root)
+    elif args.smoke:  # the tests' mini set: IMAGENETTE_MINI, else the one they draw into build/
+        root = Path(os.environ.get("IMAGENETTE_MINI") or imagenette_like(ROOT / "build" / "test-data"))
+    else:
+        root = Path("/tmp/imagenette-pack")
     cache = work / "cache"
     common = [f"data.root={root}", f"data.cache_dir={cache}"]
     if args.smoke:

@@ -1,27 +1,46 @@
-"""Fixtures that write real image files (JPEG folders in the official layout), and the one way
-the tests start the project's commands: ``run_cli`` (``run_train`` for ``python train.py``)."""
+"""Fixtures that write real image files (JPEG folders in the official layout), the tests'
+Imagenette-shaped set, and the two ways the tests run the project's commands: ``train_here``,
+train.py's job in the test's own process (as the Lightning-Hydra template's tests call
+``train(cfg)``: no interpreter start, no imports again), and ``run_cli``, a command as a user
+types it in a subprocess (``run_train`` for ``python train.py``), kept for one test of each entry
+point and for the README's commands."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
+import logging
 import os
+import platform
+import random
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hydra.conf import HydraConf
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
 from PIL import Image
 
 from lightning_sota.config.compose import compose_config
 from lightning_sota.locks import exclusive, usable_cpus
+from lightning_sota.run import launch
+from lightning_sota.run.train import main, run_job
+
+from .imagenette_like import TRAIN, VAL, WNIDS, imagenette_like
 
 ROOT = Path(__file__).resolve().parent.parent
-# IMAGENETTE_MINI: another small split in the same layout (benchmarks/gpu_check.py points it at
-# a mini-shaped part of the data pack on a GPU machine, where ../shared does not travel).
-MINI = Path(os.environ.get("IMAGENETTE_MINI", ROOT.parent / "shared" / "data" / "imagenette-mini"))
+# The mini set: tests/imagenette_like.py's images, drawn once per checkout into build/ (ignored by
+# git). IMAGENETTE_MINI: another split of that shape (benchmarks/gpu_check.py takes one from the
+# data pack on a GPU machine).
+MINI = Path(os.environ.get("IMAGENETTE_MINI") or imagenette_like(ROOT / "build" / "test-data"))
+TRAIN_IMAGES, VAL_IMAGES = len(WNIDS) * TRAIN, len(WNIDS) * VAL
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -89,9 +108,94 @@ def image_folder(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def mini() -> Path:
-    if not MINI.is_dir():
-        pytest.fail(f"{MINI} is missing: the tests need ../shared/data/imagenette-mini")
     return MINI
+
+
+# glibc's initial thresholds (malloc.h's DEFAULT_MMAP_THRESHOLD_MIN and DEFAULT_TRIM_THRESHOLD)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, GLIBC_THRESHOLD = -1, -3, 128 * 1024
+
+
+def loggers() -> dict:
+    """Every logger's level, handlers and switch, the root's included."""
+    every = [logging.getLogger(), *logging.root.manager.loggerDict.values()]
+    every = [log for log in every if isinstance(log, logging.Logger)]  # not the placeholders
+    return {log: (log.level, log.handlers[:], log.disabled) for log in every}
+
+
+@contextlib.contextmanager
+def restored() -> Iterator[None]:
+    """The process as it was before the block, whatever ran in it: a run in this process seeds
+    every RNG (Lightning's seed_everything, and its PL_* variables), sets cuDNN's flag, may set
+    Hydra's runtime config, and on a CPU raises glibc's malloc thresholds for the process
+    (lightning_sota/cpu/host_memory.py), which would keep every later test's peak heap mapped;
+    Hydra's main sets up logging (train.log) and caches the run folder's time; evaluate quiets
+    Lightning's logger."""
+    environ, threads = dict(os.environ), torch.get_num_threads()
+    rngs = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    benchmark, hydra, logs = torch.backends.cudnn.benchmark, HydraConfig.instance().cfg, loggers()
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
+        random.setstate(rngs[0])
+        np.random.set_state(rngs[1])
+        torch.random.set_rng_state(rngs[2])
+        torch.set_num_threads(threads)
+        torch.backends.cudnn.benchmark, HydraConfig.instance().cfg = benchmark, hydra
+        for log, (level, handlers, disabled) in logs.items():
+            for handler in set(log.handlers) - set(handlers):
+                handler.close()
+            log.setLevel(level)
+            log.handlers[:], log.disabled = handlers, disabled
+        launch.run_time.cache_clear()
+        if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+            libc = ctypes.CDLL("libc.so.6")
+            libc.mallopt(M_MMAP_THRESHOLD, GLIBC_THRESHOLD)
+            libc.mallopt(M_TRIM_THRESHOLD, GLIBC_THRESHOLD)
+            libc.malloc_trim(0)
+
+
+@pytest.fixture(autouse=True)
+def independent() -> Iterator[None]:
+    """Every test starts from the process the one before it found."""
+    with restored():
+        yield
+
+
+def train_here(
+    *overrides: str | Path, tmp: Path, run_dir: Path | None = None, multirun: bool = False
+) -> dict | None:
+    """What ``python train.py <overrides>`` does once Hydra has composed its config
+    (lightning_sota.run.train.run_job), in this process: the run in ``run_dir`` (default
+    ``tmp/run``), its cache in ``tmp/cache``, no progress bar. A refusal raises the UserError the
+    command prints in one line. Hydra's own part (the run folder's name, .hydra/, train.log, -m's
+    launcher) is the subprocess tests' and the README's."""
+    run_dir = run_dir or tmp / "run"
+    typed = [f"data.cache_dir={tmp / 'cache'}", "trainer.enable_progress_bar=false", *map(str, overrides)]
+    cfg = compose_config(typed)
+    # what Hydra's run sets before the job, for the config's ${hydra:runtime.*} (the loggers'
+    # folder, MLflow's store); `restored` puts the previous one back
+    hydra = OmegaConf.create({"hydra": OmegaConf.structured(HydraConf)})
+    hydra.hydra.runtime.output_dir, hydra.hydra.runtime.cwd = str(run_dir), os.getcwd()
+    HydraConfig.instance().set_config(hydra)
+    run_dir.mkdir(parents=True, exist_ok=True)  # as Hydra makes it
+    return run_job(cfg, run_dir, typed, multirun)
+
+
+def hydra_main(*argv: str | Path) -> int:
+    """``python train.py <argv>`` through its Hydra main in this process, for what Hydra itself
+    does before the job (--help, --cfg, its composition errors, the run folder it makes): the
+    exit status; what it prints goes to capsys."""
+    before = sys.argv
+    sys.argv = [str(ROOT / "train.py"), *map(str, argv)]
+    try:
+        main()
+    except SystemExit as exit:
+        return 0 if exit.code is None else int(exit.code)
+    finally:
+        sys.argv = before
+    return 0
 
 
 def run_cli(
@@ -136,5 +240,6 @@ def trained_run(tmp_path_factory) -> Path:
     with exclusive(tmp / ".lock", "the trained smoke run"):
         if not (tmp / "run" / "results.json").is_file():
             shutil.rmtree(tmp / "run", ignore_errors=True)  # a failed build's leftovers
-            run_train("+experiment=sota", "scale=smoke", f"data.root={MINI}", tmp=tmp)
+            with restored():  # built before the first test that asks, outside its own fixture
+                train_here("+experiment=sota", "scale=smoke", f"data.root={MINI}", tmp=tmp)
     return tmp / "run"

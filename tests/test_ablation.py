@@ -12,7 +12,7 @@ from lightning_sota.errors import DataError
 from lightning_sota.report.ablation import collect, summarize, write_report
 from lightning_sota.run.results import is_complete
 
-from .conftest import run_train
+from .conftest import train_here
 
 
 def result(folder: Path, experiment: str, seed: int, val: float, tta: float | None, epochs: int = 5) -> None:
@@ -91,14 +91,15 @@ def test_empty_folder_is_a_clear_error(tmp_path):
         write_report(tmp_path, tmp_path / "out")
 
 
-@pytest.mark.slow
-def test_completed_job_is_skipped(tmp_path, mini):
+def test_completed_job_is_skipped(tmp_path, mini, caplog):
     run = tmp_path / "run"
     result(run, "baseline", 0, 0.5, None)
     assert is_complete(run / "results.json")
     before = (run / "results.json").read_text()
-    proc = run_train(
-        "+experiment=baseline", "scale=smoke", f"data.root={mini}", "skip_completed=true", tmp=tmp_path
-    )
-    assert "skipped" in proc.stderr + proc.stdout
+    with caplog.at_level("INFO", logger="lightning_sota"):
+        got = train_here(
+            "+experiment=baseline", "scale=smoke", f"data.root={mini}", "skip_completed=true", tmp=tmp_path
+        )
+    assert f"skipped: {run / 'results.json'} is complete" in caplog.text
+    assert got == json.loads(before)  # what the sweeper is given: the finished run's figures
     assert (run / "results.json").read_text() == before and not (tmp_path / "cache").exists()

@@ -10,7 +10,7 @@ import torch
 from lightning_sota.augment.augment import BatchAugment
 from lightning_sota.serve.predict import Predictor
 
-from .conftest import results, run_train
+from .conftest import results, train_here
 from .test_augment import batch
 
 pytestmark = [
@@ -43,7 +43,7 @@ def test_a_gpu_run_trains_and_its_checkpoint_predicts_on_the_cpu(tmp_path, mini)
     """`trainer=gpu` at smoke scale, bf16-mixed (the GPU default): the loss falls, and the
     checkpoint, saved from the GPU, scores on the CPU as the run's validation did."""
     run = tmp_path / "run"
-    run_train(
+    train_here(
         "+experiment=sota",
         "scale=smoke",
         "trainer=gpu",
@@ -69,7 +69,7 @@ def test_a_gpu_run_waits_for_the_gpu_at_most_once_a_step(tmp_path, mini):
     ran on the GPU too."""
     run = tmp_path / "run"
     overrides = ["+experiment=sota", "mix=mixup", "weight_averaging=ema", "scale=smoke", "debug=syncs"]
-    run_train(*overrides, "trainer=gpu", "trainer.devices=1", f"data.root={mini}", tmp=tmp_path)
+    train_here(*overrides, "trainer=gpu", "trainer.devices=1", f"data.root={mini}", tmp=tmp_path)
     report = json.loads((run / "syncs.json").read_text())
     assert report["device"] == "cuda:0" and report["epochs"]
     for epoch in report["epochs"]:

@@ -1,4 +1,4 @@
-"""The datamodule on the real imagenette-mini and on generated JPEG folders."""
+"""The datamodule on the mini set (Imagenette's layout and classes) and on generated JPEG folders."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from lightning_sota.data.folders import scan_split, stratified_split
 from lightning_sota.errors import DataError
 from lightning_sota.run.plan import Phase, Plan
 
-from .conftest import write_image
+from .conftest import TRAIN_IMAGES, VAL_IMAGES, write_image
+from .imagenette_like import TRAIN
 
 
 def datamodule(root, tmp_path, phases=({"size": 32, "batch_size": 16, "epochs": 2},), **options):
@@ -34,18 +35,20 @@ def datamodule(root, tmp_path, phases=({"size": 32, "batch_size": 16, "epochs": 
 
 def test_imagenette_mini(mini, tmp_path):
     dm = datamodule(mini, tmp_path)
-    assert (len(dm.train_index), len(dm.val_index)) == (500, 200)
+    assert (len(dm.train_index), len(dm.val_index)) == (TRAIN_IMAGES, VAL_IMAGES)
     assert dm.classes[0] == "tench" and dm.classes[-1] == "parachute" and len(dm.classes) == 10
+    # greyscale, palette, RGBA and CMYK files, JPEG and PNG: every one read
     assert dm.summary()["skipped"] == [] and dm.cache_seconds > 0
     batches = list(dm.train_dataloader())
-    assert len(batches) == dm.plan.batches[0] == 500 // 16  # drop_last
+    assert len(batches) == dm.plan.batches[0] == TRAIN_IMAGES // 16  # drop_last
     b = batches[0]
-    assert b["image"].dtype == torch.uint8 and b["image"].shape == (16, 66, 66, 3)  # 32 x 460/224
+    # short side round(32 x 460/224) = 66, long side at most 4:3 of it (the set's panorama is cut to 88)
+    assert b["image"].dtype == torch.uint8 and b["image"].shape == (16, 66, 88, 3)
     assert b["size"] == 32 and b["label"].dtype == torch.int64
     seen = torch.cat([x["label"] for x in batches])
     assert len(set(seen.tolist())) == 10  # shuffled across classes
     val = list(dm.val_dataloader())
-    assert sum(len(x["label"]) for x in val) == 200  # every validation image, once
+    assert sum(len(x["label"]) for x in val) == VAL_IMAGES  # every validation image, once
     assert torch.equal(torch.cat([x["label"] for x in val]), torch.from_numpy(dm.val_labels))
     # A second datamodule reuses the caches: no decode time reported.
     assert datamodule(mini, tmp_path).cache_seconds == 0
@@ -93,24 +96,29 @@ def test_non_images_ignored_and_bad_layouts_named(tmp_path):
 
 
 def test_holdout_is_stratified_seeded_and_never_trained_on(mini, tmp_path):
-    labels = np.repeat(np.arange(10), 50)
-    index = np.arange(500)
+    labels = np.repeat(np.arange(10), TRAIN)
+    index = np.arange(TRAIN_IMAGES)
     kept, held = stratified_split(index, labels, 0.1, seed=0)
-    assert np.bincount(labels[held]).tolist() == [5] * 10  # 10% of every class
-    assert len(np.intersect1d(kept, held)) == 0 and sorted([*kept, *held]) == list(range(500))
+    assert np.bincount(labels[held]).tolist() == [TRAIN // 10] * 10  # 10% of every class
+    assert len(np.intersect1d(kept, held)) == 0 and sorted([*kept, *held]) == list(range(TRAIN_IMAGES))
     assert np.array_equal(stratified_split(index, labels, 0.1, seed=0)[1], held)
     assert not np.array_equal(stratified_split(index, labels, 0.1, seed=1)[1], held)
     assert len(stratified_split(index, labels, 0.0, seed=0)[1]) == 0
 
     dm = datamodule(mini, tmp_path, [{"size": 32, "batch_size": 16, "epochs": 1}], holdout=0.1, seed=7)
-    assert (len(dm.train_index), len(dm.holdout_index), len(dm.val_index)) == (450, 50, 200)
-    assert np.array_equal(dm.holdout_index, held)  # the mini set's labels are 50 per class, in order
+    n_held = TRAIN_IMAGES // 10
+    assert (len(dm.train_index), len(dm.holdout_index), len(dm.val_index)) == (
+        TRAIN_IMAGES - n_held,
+        n_held,
+        VAL_IMAGES,
+    )
+    assert np.array_equal(dm.holdout_index, held)  # the mini set's labels are TRAIN per class, in order
     val, holdout = dm.val_dataloader()
-    assert sum(len(b["label"]) for b in val) == 200 and sum(len(b["label"]) for b in holdout) == 50
+    assert sum(len(b["label"]) for b in val) == VAL_IMAGES and sum(len(b["label"]) for b in holdout) == n_held
     trained = {i for batch in dm.train_dataloader().sampler for i in batch}
-    assert len(trained) == 450 // 16 * 16 and not trained & set(held.tolist())
+    assert len(trained) == (TRAIN_IMAGES - n_held) // 16 * 16 and not trained & set(held.tolist())
     assert sorted(i for batch in holdout.sampler for i in batch) == held.tolist()
-    assert dm.summary()["holdout"] == 50 and dm.summary()["holdout_seed"] == 0
+    assert dm.summary()["holdout"] == n_held and dm.summary()["holdout_seed"] == 0
 
 
 def test_on_device_gathers_the_same_batches_as_the_host_loader(mini, tmp_path):
@@ -133,12 +141,13 @@ def test_on_device_gathers_the_same_batches_as_the_host_loader(mini, tmp_path):
                     assert got[key].dtype == want[key].dtype and torch.equal(got[key], want[key]), key
     assert host.summary()["on_device"] is False and dev.summary()["on_device"] is True
     assert not isinstance(host.gathered("train", 32), DeviceImages)
-    # each split and size uploaded once; the mini images are square: presized to round(size x 460/224)
+    # each split and size uploaded once: short side round(size x 460/224), long side capped at
+    # 4:3 of it (the set's panorama reaches the cap: ceil(49 x 1.3333) and ceil(66 x 1.3333))
     assert {k: tuple(v.images.shape) for k, v in dev.resident.items()} == {
-        ("train", 24): (500, 49, 49, 3),
-        ("val", 24): (200, 49, 49, 3),
-        ("train", 32): (500, 66, 66, 3),
-        ("val", 32): (200, 66, 66, 3),
+        ("train", 24): (TRAIN_IMAGES, 49, 66, 3),
+        ("val", 24): (VAL_IMAGES, 49, 66, 3),
+        ("train", 32): (TRAIN_IMAGES, 66, 88, 3),
+        ("val", 32): (VAL_IMAGES, 66, 88, 3),
     }
 
 

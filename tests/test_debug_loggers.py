@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import MINI, results, run_train
+from .conftest import MINI, VAL_IMAGES, hydra_main, results, train_here
 
 
 def train(run: Path, *overrides: str) -> dict:
-    run_train(f"data.root={MINI}", *overrides, tmp=run.parent)
+    train_here(f"data.root={MINI}", *overrides, tmp=run.parent)
     return results(run)
 
 
@@ -46,19 +46,22 @@ def key(item) -> str:
 
 
 @pytest.mark.slow
-def test_fast_dev_run_of_every_phase_logged_to_wandb_and_mlflow(tmp_path):
-    pytest.importorskip("wandb", reason="the loggers extra: pip install '.[loggers]'")
+def test_fast_dev_run_of_every_phase_logged_to_wandb_and_mlflow(tmp_path, capsys):
+    wandb = pytest.importorskip("wandb", reason="the loggers extra: pip install '.[loggers]'")
     MlflowClient = pytest.importorskip("mlflow.tracking").MlflowClient
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     common = ["+experiment=progressive_resize", "scale=smoke", "debug=fdr", "logger=[wandb,mlflow]"]
-    proc = run_train(*common, "--cfg", "hydra")
-    assert "dir: ${ls.if_null:${resume},outputs/debug/${name}/" in proc.stdout  # apart from results
+    assert hydra_main(*common, "--cfg", "hydra") == 0
+    assert (
+        "dir: ${ls.if_null:${resume},outputs/debug/${name}/" in capsys.readouterr().out
+    )  # apart from results
     res = train(tmp_path / "run", *common, f"logger.mlflow.tracking_uri={store}")
+    wandb.finish()  # what the end of `python train.py` does: the offline run's file is complete
     # each phase once, one batch each; then the whole val split, TTA-free, and the contract
     phases = [{"size": 24, "batch_size": 64, "epochs": 1}, {"size": 32, "batch_size": 32, "epochs": 1}]
     assert res["phases"] == phases
     epochs = [(h["size"], h["train_images"], h["val_images"]) for h in res["history"]]
-    assert epochs == [(24, 64, 200), (32, 32, 200)]
+    assert epochs == [(24, 64, VAL_IMAGES), (32, 32, VAL_IMAGES)]
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
 
     (offline,) = (tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb")
@@ -94,6 +97,6 @@ def test_overfit_drives_the_training_loss_down(tmp_path):
 def test_limit_and_profiler(tmp_path):
     res = train(tmp_path / "run", "scale=smoke", "debug=[limit,profiler]")
     assert res["phases"] == [{"size": 32, "batch_size": 32, "epochs": 1}]
-    assert res["history"][0]["train_images"] == 5 * 32 and res["history"][0]["val_images"] == 200
+    assert res["history"][0]["train_images"] == 5 * 32 and res["history"][0]["val_images"] == VAL_IMAGES
     report = (tmp_path / "run" / "fit-profile.txt").read_text()
     assert "run_training_batch" in report and "Total" in report

@@ -1,4 +1,5 @@
-"""export: the ONNX file, run by onnxruntime, classifies every mini val image as PyTorch does."""
+"""export as a user runs it: the ONNX file, run by onnxruntime, classifies every mini val image as
+PyTorch does."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 from lightning_sota.data.folders import scan_split
 from lightning_sota.serve.predict import Predictor
 
-from .conftest import run_cli
+from .conftest import VAL_IMAGES, run_cli
 
 ort = pytest.importorskip("onnxruntime", reason="the export extra: pip install '.[export]'")
 
@@ -40,5 +41,5 @@ def test_onnx_export_agrees_with_pytorch_on_every_mini_val_image(trained_run, mi
         torch_top += want.argmax(1).tolist()
         onnx_top += got.argmax(1).tolist()
         differences.append(np.abs(got - want.numpy()).max())
-    assert len(torch_top) == 200 and onnx_top == torch_top
+    assert len(torch_top) == VAL_IMAGES and onnx_top == torch_top
     assert max(differences) < 1e-4

@@ -10,7 +10,7 @@ from torch import nn
 from lightning_sota.training.optim import adam
 from lightning_sota.training.schedule import pretrained_fine_tune
 
-from .conftest import results, run_train
+from .conftest import results, train_here
 
 BATCHES, EPOCHS, FREEZE, BASE_LR = 5, 3, 1, 4e-3
 
@@ -87,7 +87,7 @@ def test_frozen_epochs_must_leave_some_to_train():
 def test_fine_tune_from_a_run_of_ours_onto_another_folder(trained_run, image_folder, tmp_path):
     """The documented way in: a run's weights (10 Imagenette classes) onto a 3-class folder: a
     new classifier, the run's normalization, one frozen epoch and then the scale's."""
-    run_train(
+    train_here(
         "+experiment=fine_tune",
         "scale=smoke",
         f"model.pretrained={trained_run}",

@@ -40,6 +40,7 @@ def faults_per_step(mode: str) -> float:
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+@pytest.mark.slow
 def test_a_training_step_reuses_freed_buffers_without_page_faults() -> None:
     # glibc's default maps the step's large buffers anew and unmaps them when freed: ~10 000
     # faults (40 MiB zeroed by the kernel) per step here.

@@ -9,6 +9,7 @@ forward, loss, the finite-loss verdict, the optimizer step and the EMA update al
 
 from __future__ import annotations
 
+import itertools
 import threading
 import warnings
 from types import SimpleNamespace
@@ -168,7 +169,9 @@ def test_a_training_step_never_waits_for_the_gpu(fake_gpu, overrides, mini, tmp_
     optimizer = module.optimizer_factory(module.model)
     with fake_gpu:  # the epoch's index matrix goes to the (fake) GPU here
         loader = data.train_dataloader()
-    batches = iter(loader)  # outside: the loader draws its seed from a real host tensor
+    # outside: an iterator draws its seed from a real host tensor; the mini set's epoch may be
+    # shorter than STEPS, so the next one's batches follow
+    batches = itertools.chain(iter(loader), iter(loader))
     for step in range(STEPS):
         guard = NoHostSync(strict=step == STEPS - 1)  # the first steps set up state (first reads)
         with fake_gpu:

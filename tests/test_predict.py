@@ -17,9 +17,9 @@ from lightning_sota.data.folders import scan_split
 from lightning_sota.report.interpret import predictions
 from lightning_sota.run.checkpoint import restore, scoring_data
 from lightning_sota.serve.evaluate import evaluate
-from lightning_sota.serve.predict import Images, cache_batch
+from lightning_sota.serve.predict import Images, cache_batch, main
 
-from .conftest import COLOURS, run_cli, write_image
+from .conftest import COLOURS, VAL_IMAGES, run_cli, write_image
 
 
 def quadrants(w: int, h: int) -> Image.Image:
@@ -90,8 +90,8 @@ def test_batches_give_the_caches_validation_view(tmp_path):
 
 
 @pytest.mark.slow
-def test_batched_predict_agrees_with_evaluate_image_by_image(trained_run, mini):
-    """Every mini val image: the CLI's class is the one the run's validation pass gives it, its
+def test_batched_predict_agrees_with_evaluate_image_by_image(trained_run, mini, capsys):
+    """Every mini val image: predict's class is the one the run's validation pass gives it, its
     probability the same, and its accuracy is evaluate's exactly. Both in fp32: under bf16 the
     CPU's kernels round differently with the thread count and the batch size, so a near-tie of
     this barely trained model can flip (seen under xdist on an AMD EPYC with native bf16, where
@@ -105,9 +105,10 @@ def test_batched_predict_agrees_with_evaluate_image_by_image(trained_run, mini):
 
     def predict(precision: str) -> list[dict]:
         flags = ["--batch-size=48", f"--precision={precision}"]
-        proc = run_cli("python", "-m", "lightning_sota.serve.predict", *flags, trained_run, mini / "val")
-        assert "predicted 200 images in" in proc.stderr and "images/s" in proc.stderr
-        lines = [json.loads(line) for line in proc.stdout.splitlines()]
+        assert main([*flags, str(trained_run), str(mini / "val")]) == 0
+        out = capsys.readouterr()
+        assert f"predicted {VAL_IMAGES} images in" in out.err and "images/s" in out.err
+        lines = [json.loads(line) for line in out.out.splitlines()]
         assert [Path(x["path"]).name for x in lines] == [f.name for f in files]
         return lines
 
@@ -126,13 +127,15 @@ def test_batched_predict_agrees_with_evaluate_image_by_image(trained_run, mini):
 
 @pytest.mark.slow
 def test_the_python_api_predicts_what_the_command_line_prints(trained_run, mini):
-    """load_run(...).predict_batch and .predict on a file give the CLI's class and probability
-    for each image, a PIL image or a decoded tensor nearly the same; model(preprocess(x)) too."""
+    """load_run(...).predict_batch and .predict on a file give the class and probability the
+    command prints (run as a user runs it, in a process of its own) for each image, a PIL image
+    or a decoded tensor nearly the same; model(preprocess(x)) too."""
     import torchvision
 
     from lightning_sota import load_run
 
-    files = sorted((mini / "val").glob("*/*.JPEG"))[::40]
+    _, val, _ = scan_split(mini / "val")
+    files = val[:8]  # the set's kinds: JPEG and PNG; RGB, greyscale, palette, RGBA, CMYK; sizes
     proc = run_cli(
         "python", "-m", "lightning_sota.serve.predict", trained_run, *files, "--precision", "32-true"
     )
@@ -147,7 +150,10 @@ def test_the_python_api_predicts_what_the_command_line_prints(trained_run, mini)
         # decoded by the caller at full scale (the file's own decode uses libjpeg's draft scale,
         # as the cache does): the same picture, a few thousandths apart
         pil_label, pil = run.predict(Image.open(path))
-        tensor_label, tensor = run.predict(torchvision.io.decode_image(str(path)))
+        # as RGB, the [3, H, W] the API takes (torchvision's default keeps a palette's indices, and
+        # an alpha or a K channel)
+        decoded = torchvision.io.decode_image(str(path), mode=torchvision.io.ImageReadMode.RGB)
+        tensor_label, tensor = run.predict(decoded)
         assert torch.allclose(pil, tensor, atol=2e-3) and (pil - probs).abs().max() < 0.02
     x = run.preprocess(files[0])
     assert x.shape == (3, run.size, run.size)

@@ -14,15 +14,13 @@ from lightning_sota import load_run
 from lightning_sota.augment.augment import BatchAugment
 from lightning_sota.models.weights import timm_name
 from lightning_sota.models.xresnet import create_model
-from lightning_sota.serve.export import beyond_timm, timm_view
-
-from .conftest import run_cli
+from lightning_sota.serve.export import beyond_timm, main, timm_view
 
 
 @pytest.mark.slow
 def test_timm_loads_the_export_back_and_computes_the_runs_logits(trained_run, tmp_path):
-    out = tmp_path / "shared"
-    run_cli("python", "-m", "lightning_sota.serve.export", trained_run, "--timm", out)
+    out = tmp_path / "timm-export"
+    assert main([str(trained_run), "--timm", str(out)]) == 0
     config = json.loads((out / "config.json").read_text())
     run = load_run(trained_run, precision="32-true")
     arch = json.loads((trained_run / "results.json").read_text())["arch"]
@@ -34,7 +32,7 @@ def test_timm_loads_the_export_back_and_computes_the_runs_logits(trained_run, tm
         32,
         32,
     ]
-    assert (out / "model.safetensors").is_file() and not list(tmp_path.glob(".shared.tmp-*"))
+    assert (out / "model.safetensors").is_file() and not list(tmp_path.glob(".timm-export.tmp-*"))
 
     rebuilt = timm.create_model(f"local-dir:{out}", pretrained=True).eval()  # smoke's half width too
     x = torch.rand(4, 3, 32, 32)
@@ -66,7 +64,7 @@ def test_timms_preprocessing_from_the_export_is_predicts_view(crop, valid_scale)
 
 
 @pytest.mark.slow  # the trained smoke run
-def test_a_blur_pool_stem_is_refused_in_one_line(trained_run, tmp_path):
+def test_a_blur_pool_stem_is_refused_in_one_line(trained_run, tmp_path, capsys):
     """timm's config has no place for it: the blur's filter is not in the state_dict, so timm
     would load every tensor into a max-pool stem and compute other logits."""
     ckpt = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True)
@@ -74,11 +72,11 @@ def test_a_blur_pool_stem_is_refused_in_one_line(trained_run, tmp_path):
     (tmp_path / "checkpoints").mkdir()
     torch.save(ckpt, tmp_path / "checkpoints" / "last.ckpt")
     shutil.copy(trained_run / "results.json", tmp_path)
-    proc = run_cli(
-        "python", "-m", "lightning_sota.serve.export", tmp_path, "--timm", tmp_path / "out", ok=False
-    )
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
-    assert proc.stderr.startswith("error: --timm: timm's config cannot describe the MaxBlurPool stem")
+    with pytest.raises(SystemExit) as exit:
+        main([str(tmp_path), "--timm", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and err.count("\n") == 1
+    assert err.startswith("error: --timm: timm's config cannot describe the MaxBlurPool stem")
     assert not (tmp_path / "out").exists()
 
 

@@ -11,7 +11,7 @@ from lightning_sota.report import show_batch
 from lightning_sota.report.show_batch import ShowBatch, save_grid
 from lightning_sota.run.build import build_module, cpu_tuning
 
-from .conftest import config, run_cli
+from .conftest import config
 
 
 def test_grid_gives_each_image_its_own_panel(tmp_path):
@@ -65,23 +65,15 @@ def test_callback_draws_exactly_what_the_first_step_trains_on(tmp_path, monkeypa
     assert not drawn
 
 
-@pytest.mark.slow
-def test_command_draws_a_config_without_training(tmp_path, mini):
+def test_command_draws_a_config_without_training(tmp_path, mini, capsys):
     """The training view with --out (test_readme.py runs the README's --valid command)."""
     common = [f"data.root={mini}", f"data.cache_dir={tmp_path / 'cache'}"]
     out = tmp_path / "batch.png"
-    proc = run_cli(
-        "python",
-        "-m",
-        "lightning_sota.report.show_batch",
-        "+experiment=sota",
-        "scale=smoke",
-        *common,
-        "--out",
-        out,
-    )
-    assert proc.stdout.strip() == str(out)
+    assert show_batch.main(["+experiment=sota", "scale=smoke", *common, "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
     with Image.open(out) as img:
         assert img.format == "PNG" and min(img.size) > 300
-    proc = run_cli("python", "-m", "lightning_sota.report.show_batch", "scale=smol", *common, ok=False)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "scale/smol" in proc.stderr
+    with pytest.raises(SystemExit) as exit:
+        show_batch.main(["scale=smol", *common])
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and err.count("\n") == 1 and "scale/smol" in err

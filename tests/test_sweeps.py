@@ -8,14 +8,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import run_train
+from .conftest import hydra_main
 
 
 def smoke_multirun(tmp_path: Path, mini: Path, *overrides: str) -> Path:
-    """A one-epoch smoke multirun on the mini split; returns its sweep folder."""
+    """A one-epoch smoke multirun on the mini split, Hydra's -m from this process (the jobs run
+    where its launcher puts them); returns its sweep folder."""
     sweep = tmp_path / "sweep"
     cache = tmp_path / "cache"
-    run_train(
+    code = hydra_main(
         "-m",
         *overrides,
         "scale=smoke",
@@ -23,8 +24,9 @@ def smoke_multirun(tmp_path: Path, mini: Path, *overrides: str) -> Path:
         f"data.root={mini}",
         f"data.cache_dir={cache}",
         f"hydra.sweep.dir={sweep}",
-        timeout=900,
+        "trainer.enable_progress_bar=false",
     )
+    assert code == 0
     return sweep
 
 

@@ -1,11 +1,16 @@
-"""End to end: `python train.py` on the real imagenette-mini, as a user runs it."""
+"""End to end on the mini set: `python train.py` once as a user runs it, then train.py's job in
+this process for what its options change."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 import yaml
 
-from .conftest import results, run_cli, run_train
+from lightning_sota.run.results import is_complete
+from lightning_sota.serve.evaluate import evaluate
+
+from .conftest import MINI, ROOT, VAL_IMAGES, results, run_cli, train_here
 
 CONTRACT = {
     "experiment",
@@ -34,11 +39,31 @@ SMALL = ["+experiment=normalize", "scale=smoke", "model.arch=resnet10t", "scale.
 
 
 def train(tmp_path, *overrides: str) -> dict:
-    run_train(*overrides, tmp=tmp_path)
+    train_here(*overrides, tmp=tmp_path)
     return results(tmp_path / "run")
 
 
 @pytest.mark.slow
+def test_a_user_run_of_train_py(tmp_path):
+    """The command itself, in a process of its own: Hydra names the run folder
+    outputs/runs/<experiment>/<time> under the working folder and keeps the composed config and
+    the command's overrides in .hydra/, the log goes to train.log, and the job writes its results
+    and checkpoint there."""
+    overrides = ["+experiment=baseline", "scale=smoke", "scale.epochs=1", f"data.root={MINI}"]
+    run_cli("python", ROOT / "train.py", *overrides, "trainer.enable_progress_bar=false", cwd=tmp_path)
+    (run,) = (tmp_path / "outputs" / "runs" / "baseline").iterdir()
+    assert is_complete(run / "results.json")
+    res = results(run)
+    assert CONTRACT <= set(res) and res["experiment"] == "baseline" and res["epochs"] == 1
+    typed = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())
+    assert typed == [*overrides, "trainer.enable_progress_bar=false"]
+    assert yaml.safe_load((run / ".hydra" / "config.yaml").read_text())["scale"]["name"] == "smoke"
+    log = (run / "train.log").read_text()
+    assert "config:\n" in log and f"val_acc {res['val_acc']:.4f} in " in log
+    assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "metrics.csv").is_file()
+    assert (tmp_path / "outputs" / "cache").is_dir()  # data.cache_dir's default, beside the runs
+
+
 def test_fp32_timm_model_without_channels_last(tmp_path, mini):
     res = train(
         tmp_path,
@@ -53,25 +78,20 @@ def test_fp32_timm_model_without_channels_last(tmp_path, mini):
     assert res["cache_seconds"] > 0 and res["val_acc"] is not None
 
 
+@pytest.mark.slow
 def test_compiled_model_trains_and_its_checkpoint_reads_back_eagerly(tmp_path, mini):
     """model.compile=true: the model really runs compiled (dynamo's graph count in results.json),
     and the checkpoint has the plain module's keys, so evaluate restores it eagerly."""
+    torch._dynamo.reset()  # the count is this process's: from this run only
     res = train(
         tmp_path,
         *SMALL,
         f"data.root={mini}",
         "model.compile=true",
-        "data.val_batch_size=50",  # 200 val images in equal batches: no extra graph for a last one
+        f"data.val_batch_size={VAL_IMAGES // 2}",  # equal val batches: no extra graph for a last one
     )
     assert res["compile"]["mode"] is True and res["compile"]["graphs"] >= 2  # a train and a val graph
-    proc = run_cli(
-        "python",
-        "-m",
-        "lightning_sota.serve.evaluate",
-        tmp_path / "run",
-        f"data.cache_dir={tmp_path / 'cache'}",
-    )
-    evaluated = yaml.safe_load(proc.stdout)
+    evaluated = evaluate(str(tmp_path / "run"), [f"data.cache_dir={tmp_path / 'cache'}"])
     # Eager and compiled kernels round differently: a borderline image may flip, no more.
     assert abs(evaluated["accuracy"] - res["val_acc"]) <= 1 / res["dataset"]["val"] + 1e-9
 

@@ -142,8 +142,10 @@ class ShardedBatches:
             check_batch_split([batch_size], world)
             order = np.random.default_rng([seed, epoch]).permutation(index)
             per_rank = batch_size // world
-            starts = range(rank * per_rank, len(order) - batch_size + 1, batch_size)
-            self.batches = [order[i : i + per_rank].tolist() for i in starts][:limit]
+            # every rank the same count: the global batches' starts, then this rank's slice
+            mine = range(rank * per_rank, (rank + 1) * per_rank)
+            starts = range(0, len(order) - batch_size + 1, batch_size)
+            self.batches = [order[i + mine.start : i + mine.stop].tolist() for i in starts][:limit]
         else:
             shard = index[rank::world]
             self.batches = [shard[i : i + batch_size].tolist() for i in range(0, len(shard), batch_size)]

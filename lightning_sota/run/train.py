@@ -73,30 +73,41 @@ def train(cfg: DictConfig, run_dir: Path, resume: Resume | None = None) -> dict 
     return results
 
 
+def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool = False) -> dict | None:
+    """What one job of ``python train.py`` does once Hydra has composed ``cfg`` (``overrides``:
+    what the command line typed; ``multirun``: under ``-m``), in ``run_dir``: a resume takes the
+    interrupted run's config, the config is checked, a completed run is skipped (its results
+    returned) when asked, then the run trains. The tests call it in their own process."""
+    resume = None
+    if cfg.resume:  # the interrupted run's own config, from its checkpoint, in its own folder
+        cfg, resume = resumed(cfg, overrides)
+    else:
+        normalize_for_weights(cfg, overrides)
+    check_config(cfg)
+    check_multirun(cfg.trainer, multirun)
+    done = run_dir / layout.RESULTS
+    if cfg.skip_completed and is_complete(done):
+        log.info("skipped: %s is complete", done)
+        return json.loads(done.read_text())
+    if resume:  # the steps after the checkpoint run again: their metrics.csv rows go
+        keep_rows_before(run_dir, resume.step)
+    log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
+    return train(cfg, run_dir, resume)
+
+
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
 @one_line_errors
 def run(cfg: DictConfig) -> float | None:
     """The job Hydra runs with each composed config. What a sweeper maximises: the holdout's
     accuracy when there is one, else val_acc."""
     hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir)
-    resume = None
-    if cfg.resume:  # the interrupted run's own config, from its checkpoint, in its own folder
-        cfg, resume = resumed(cfg, list(hydra_cfg.overrides.task))
-    else:
-        normalize_for_weights(cfg, list(hydra_cfg.overrides.task))
-    check_config(cfg)
-    check_multirun(cfg.trainer, hydra_cfg.mode == RunMode.MULTIRUN)
-    done = run_dir / layout.RESULTS
-    if cfg.skip_completed and is_complete(done):
-        log.info("skipped: %s is complete", done)
-        results = json.loads(done.read_text())
-        return results[results.get("selected_on", "val_acc")]
-    if resume:  # the steps after the checkpoint run again: their metrics.csv rows go
-        keep_rows_before(run_dir, resume.step)
-    log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
-    results = train(cfg, run_dir, resume)
-    return None if results is None else results[results["selected_on"]]
+    results = run_job(
+        cfg,
+        Path(hydra_cfg.runtime.output_dir),
+        list(hydra_cfg.overrides.task),
+        multirun=hydra_cfg.mode == RunMode.MULTIRUN,
+    )
+    return None if results is None else results[results.get("selected_on", "val_acc")]
 
 
 @one_line_errors
