@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import MINI, VAL_IMAGES, hydra_main, results, train_here
+from .conftest import MINI, VAL_IMAGES, hydra_main, results, run_train, train_here
 
 
 def train(run: Path, *overrides: str) -> dict:
@@ -47,7 +47,7 @@ def key(item) -> str:
 
 @pytest.mark.slow
 def test_fast_dev_run_of_every_phase_logged_to_wandb_and_mlflow(tmp_path, capsys):
-    wandb = pytest.importorskip("wandb", reason="the loggers extra: pip install '.[loggers]'")
+    pytest.importorskip("wandb", reason="the loggers extra: pip install '.[loggers]'")
     MlflowClient = pytest.importorskip("mlflow.tracking").MlflowClient
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     common = ["+experiment=progressive_resize", "scale=smoke", "debug=fdr", "logger=[wandb,mlflow]"]
@@ -55,8 +55,10 @@ def test_fast_dev_run_of_every_phase_logged_to_wandb_and_mlflow(tmp_path, capsys
     assert (
         "dir: ${ls.if_null:${resume},outputs/debug/${name}/" in capsys.readouterr().out
     )  # apart from results
-    res = train(tmp_path / "run", *common, f"logger.mlflow.tracking_uri={store}")
-    wandb.finish()  # what the end of `python train.py` does: the offline run's file is complete
+    # as a user runs it, in a process of its own: wandb's run and its service are process-wide
+    # state, and the offline file is complete when that process ends
+    run_train(f"data.root={MINI}", *common, f"logger.mlflow.tracking_uri={store}", tmp=tmp_path)
+    res = results(tmp_path / "run")
     # each phase once, one batch each; then the whole val split, TTA-free, and the contract
     phases = [{"size": 24, "batch_size": 64, "epochs": 1}, {"size": 32, "batch_size": 32, "epochs": 1}]
     assert res["phases"] == phases
