@@ -54,11 +54,23 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(threads)
 
 
+# The files of a minute or more (processes started, runs), longest first: the README's commands
+# (minutes, in order on one worker), then the ones `make test` measured next.
+LONGEST = (
+    "test_readme.py",
+    "test_reliability.py",
+    "test_gpu_check.py",
+    "test_train.py",
+    "test_experiments.py",
+)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The README's commands first: they are the longest file (minutes, in order on one worker),
-    and xdist's loadfile hands files out in collection order, so started last they would run on
-    alone while the other workers sit idle. The sort is stable: every file keeps its order."""
-    items.sort(key=lambda item: item.path.name != "test_readme.py")
+    """The longest files first: xdist's loadfile hands files out in collection order, so one
+    started last would run on alone while the other workers sit idle. The sort is stable: every
+    file keeps its order, the others theirs."""
+    rank = {name: i for i, name in enumerate(LONGEST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST)))
 
 
 def config(*overrides: str):
