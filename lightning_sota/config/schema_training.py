@@ -32,16 +32,19 @@ class OptimConf:
 
 
 @dataclass
-class AdamConf(OptimConf):
+class AdamFamily(OptimConf):
     betas: list[float] = rule(BETAS)
     eps: float = rule(POSITIVE)
+
+
+@dataclass
+class AdamConf(AdamFamily):
     fused: bool = MISSING
 
 
 @dataclass
-class RangerConf(OptimConf):
-    betas: list[float] = rule(BETAS)
-    eps: float = rule(POSITIVE)
+class RangerConf(AdamFamily):
+    pass
 
 
 @dataclass
@@ -51,16 +54,13 @@ class TimmOptimConf(OptimConf):
 
 
 @dataclass
-class AdamWConf(TimmOptimConf):
-    betas: list[float] = rule(BETAS)
-    eps: float = rule(POSITIVE)
+class AdamWConf(TimmOptimConf, AdamFamily):
     foreach: bool = MISSING
 
 
 @dataclass
-class LambConf(TimmOptimConf):
-    betas: list[float] = rule(BETAS)
-    eps: float = rule(POSITIVE)
+class LambConf(TimmOptimConf, AdamFamily):
+    pass
 
 
 @dataclass
