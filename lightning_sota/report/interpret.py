@@ -132,20 +132,26 @@ def plot_top_losses(
     save_grid(images, titles, path, "Top losses: prediction / actual / loss / probability", k)
 
 
+def series(history: list[dict], key: str, scale: float = 1.0) -> list[float]:
+    """One metric per epoch; a gap where an epoch has none (trainer.limit_val_batches=0)."""
+    return [scale * row[key] if row.get(key) is not None else float("nan") for row in history]
+
+
 def plot_curves(history: list[dict], path: Path) -> None:
     """Losses and accuracy per epoch; a dashed line where the training size changes."""
     epochs = [row["epoch"] + 1 for row in history]
     fig, loss_ax = plt.subplots(figsize=(7.5, 4.5))
     for key, style in (("train_loss", "o-"), ("val_loss", "s-")):
-        loss_ax.plot(epochs, [row[key] for row in history], style, label=key.replace("_", " "))
+        loss_ax.plot(epochs, series(history, key), style, label=key.replace("_", " "))
     loss_ax.set_xlabel("epoch")
     loss_ax.set_ylabel("loss")
     loss_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     acc_ax = loss_ax.twinx()
-    acc_ax.plot(epochs, [100 * row["val_acc"] for row in history], "^-", color="tab:green", label="val acc")
+    acc_ax.plot(epochs, series(history, "val_acc", 100), "^-", color="tab:green", label="val acc")
     if any(row.get("holdout_acc") is not None for row in history):
-        holdout = [100 * row["holdout_acc"] for row in history]
-        acc_ax.plot(epochs, holdout, "v--", color="tab:olive", label="holdout acc")
+        acc_ax.plot(
+            epochs, series(history, "holdout_acc", 100), "v--", color="tab:olive", label="holdout acc"
+        )
     acc_ax.set_ylabel("accuracy (%)")
     for before, row in zip(history, history[1:], strict=False):
         if row["size"] != before["size"]:

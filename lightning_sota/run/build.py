@@ -131,7 +131,7 @@ def build_run(cfg: DictConfig, run_dir: Path, weights: bool = True) -> Run:
         *(built(c) for c in cfg.get("callbacks", {}).values()),
         interpretation,  # after weight averaging's on_train_end, which puts the average in the model
     ]
-    loggers = [built(c) for c in cfg.logger.values()]
+    loggers = [built(c) for c in (cfg.logger or {}).values()]  # ~logger: none
     log_config(loggers, cfg)
     try:
         trainer: pl.Trainer = instantiate(
