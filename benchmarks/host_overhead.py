@@ -76,25 +76,25 @@ class OpLog(TorchDispatchMode):
 
 
 class Sections:
-    """Host ms of the step's parts, from forward hooks on the module's parts and wrappers."""
+    """Host ms of the step's parts, per step, from forward hooks on the module's parts and
+    wrappers; ``median`` over the steps after ``warm_up``."""
 
     def __init__(self) -> None:
-        self.ms: dict[str, float] = defaultdict(float)
+        self.steps: list[dict[str, float]] = [defaultdict(float)]
         self._start: dict[str, float] = {}
+
+    def add(self, name: str, start: float) -> None:
+        self.steps[-1][name] += 1e3 * (time.perf_counter() - start)
 
     @contextlib.contextmanager
     def timed(self, name: str) -> Iterator[None]:
         start = time.perf_counter()
         yield
-        self.ms[name] += 1e3 * (time.perf_counter() - start)
+        self.add(name, start)
 
     def hook(self, module: torch.nn.Module, name: str) -> None:
         module.register_forward_pre_hook(lambda *_: self._start.__setitem__(name, time.perf_counter()))
-        module.register_forward_hook(
-            lambda *_: self.ms.__setitem__(
-                name, self.ms[name] + 1e3 * (time.perf_counter() - self._start[name])
-            )
-        )
+        module.register_forward_hook(lambda *_: self.add(name, self._start[name]))
 
     def wrap(self, fn: Callable, name: str) -> Callable:
         def timed_fn(*args, **kwargs):
@@ -102,6 +102,40 @@ class Sections:
                 return fn(*args, **kwargs)
 
         return timed_fn
+
+    def next_step(self) -> None:
+        self.steps.append(defaultdict(float))
+
+    def median(self, warm_up: int) -> dict[str, float]:
+        """Per section; training_step's own rest apart from the parts it calls."""
+        inside = ("augment", "normalize", "mix", "forward", "loss")
+        steps = [
+            {**step, "training_step": step["training_step"] - sum(step.get(n, 0.0) for n in inside)}
+            for step in self.steps[warm_up:-1]
+        ]
+        return {name: round(statistics.median(s[name] for s in steps), 3) for name in steps[0]}
+
+
+def optimizer_host_ms(cfg, steps: int = 40) -> float:
+    """Median ms of the run's optimizer and schedule step with every parameter one element
+    (its number of dimensions kept: weight decay goes by it): each op still dispatched and
+    run, its kernel's own work nearly nothing, so the time is the host's (Python, dispatch,
+    per-op costs) as on a GPU, where the kernels run apart. Lookahead's k-th steps left out."""
+    data, plan = prepared_data(cfg)
+    module: ImageClassifier = build_module(cfg, data.classes, cpu_tuning(cfg, torch.device("cpu")))
+    for p in module.model.parameters():
+        p.data = torch.zeros((1,) * p.ndim)
+        p.grad = torch.full_like(p.data, 1e-3)
+    optimizer = module.optimizer_factory(module.model)
+    schedule = module.schedule_factory(optimizer, plan.optimizer_steps())
+    times = []
+    for _ in range(steps + 10):
+        start = time.perf_counter()
+        optimizer.step()
+        schedule.step()
+        times.append(1e3 * (time.perf_counter() - start))
+    k = optimizer.defaults.get("lookahead_k") or steps + 10
+    return round(statistics.median(t for i, t in enumerate(times[10:], 10) if (i + 1) % k), 3)
 
 
 def build(args: argparse.Namespace, cache_dir: str, log_dir: str | None = None, epochs: int = 1):
@@ -115,7 +149,7 @@ def build(args: argparse.Namespace, cache_dir: str, log_dir: str | None = None, 
     return compose_config(overrides)
 
 
-def manual_steps(cfg, steps: int, sections: Sections | None, oplog_from: int | None) -> tuple[list, dict]:
+def manual_steps(cfg, steps: int, sections: Sections, oplog_from: int | None = None) -> tuple[list, dict]:
     """``steps`` training steps of the run's module, as Lightning's loop makes them (autocast as
     the precision asks, the schedule stepped after the optimizer), timed by section; the op logs
     of the steps from ``oplog_from`` on, by kind: "first" (an epoch's first step: it also builds
@@ -127,11 +161,10 @@ def manual_steps(cfg, steps: int, sections: Sections | None, oplog_from: int | N
     configured = module.configure_optimizers()
     optimizer, schedule = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
     bf16 = "bf16" in str(cfg.trainer.precision)
-    if sections:
-        for part in ("augment", "normalize", "model", "loss"):
-            sections.hook(getattr(module, part), "forward" if part == "model" else part)
-        if module.mix is not None:
-            module.mix = sections.wrap(module.mix, "mix")
+    for part in ("augment", "normalize", "model", "loss"):
+        sections.hook(getattr(module, part), "forward" if part == "model" else part)
+    if module.mix is not None:
+        module.mix = sections.wrap(module.mix, "mix")
     module.train()
     per_step, logs = [], {"first": [], "lookahead": [], "plain": []}
     k = optimizer.defaults.get("lookahead_k")  # timm's Lookahead (ranger)
@@ -141,23 +174,25 @@ def manual_steps(cfg, steps: int, sections: Sections | None, oplog_from: int | N
         log = OpLog() if logged else contextlib.nullcontext()
         start = time.perf_counter()
         with log:
-            with sections.timed("gather") if sections else contextlib.nullcontext():
+            with sections.timed("gather"):
                 batch = next(batches, None)
                 if first := batch is None:
                     batches = iter(data.train_dataloader())
                     batch = next(batches)
-            with sections.timed("seeding") if sections else contextlib.nullcontext():
+            with sections.timed("seeding"):
                 module.on_train_batch_start(batch, step)
-            with sections.timed("training_step") if sections else contextlib.nullcontext():
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    loss = module.training_step(batch, step)
-            with sections.timed("backward") if sections else contextlib.nullcontext():
+            with sections.timed("training_step"), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = module.training_step(batch, step)
+            with sections.timed("backward"):
                 loss.backward()
-            with sections.timed("optimizer") if sections else contextlib.nullcontext():
+            with sections.timed("optimizer"):
                 optimizer.step()
+            with sections.timed("zero_grad"):
                 optimizer.zero_grad(set_to_none=True)
+            with sections.timed("schedule"):
                 schedule.step()
         per_step.append(1e3 * (time.perf_counter() - start))
+        sections.next_step()
         if logged:
             kind = "first" if first else "lookahead" if k and (step + 1) % k == 0 else "plain"
             logs[kind].append((step, log))
@@ -194,14 +229,6 @@ def lightning_step_ms(args: argparse.Namespace, cache_dir: str, epochs: int) -> 
     return statistics.median(clock.intervals)
 
 
-def host_ms(ms: dict[str, float], steps: int) -> dict[str, float]:
-    """Per step; training_step's own rest apart from the parts it calls."""
-    inside = ("augment", "normalize", "mix", "forward", "loss")
-    rest = ms["training_step"] - sum(ms.get(name, 0.0) for name in inside)
-    ms = {**{k: v for k, v in ms.items() if k != "training_step"}, "training_step_rest": rest}
-    return {name: round(v / steps, 3) for name, v in ms.items()}
-
-
 def differing(a: list[tuple], b: list[tuple]) -> list[str]:
     """The ops of two steps' identical op sequences whose host arguments differ."""
     if [op for op, _ in a] != [op for op, _ in b]:
@@ -235,10 +262,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as cache_dir:
         cfg = build(args, cache_dir)
         # the steps after RAdam's first five (momentum SGD) and the runs' first (state set up)
-        _, logs = manual_steps(cfg, 30, None, oplog_from=8)
+        _, logs = manual_steps(cfg, 30, Sections(), oplog_from=8)
         sections = Sections()
-        steps_timed = args.steps + 10
-        per_step, _ = manual_steps(cfg, steps_timed, sections, None)
+        per_step, _ = manual_steps(cfg, args.steps + 10, sections)
+        optimizer_ms = optimizer_host_ms(cfg)
         loop = lightning_step_ms(args, cache_dir, args.epochs)
     manual = statistics.median(per_step[10:])
     # two consecutive plain steps
@@ -253,7 +280,8 @@ def main() -> None:
         "aten_ops": len(b.ops), "kernel_ops": b.kernels,
         "changing_host_args": len(changing), "changing_ops": sorted(set(changing)),
         "lookahead_extra_ops": (len(look.ops) - len(b.ops)) if look else None,
-        "host_ms": host_ms(sections.ms, steps_timed),
+        "host_ms": sections.median(warm_up=10),
+        "optimizer_host_ms": optimizer_ms,
         "manual_step_ms": round(manual, 3), "lightning_step_ms": round(loop, 3),
         "lightning_loop_ms": round(loop - manual, 3),
     }  # fmt: skip

@@ -62,9 +62,8 @@ def test_a_gpu_run_trains_and_its_checkpoint_predicts_on_the_cpu(tmp_path, mini)
 
 def test_a_gpu_run_waits_for_the_gpu_at_most_once_a_step(tmp_path, mini):
     """debug=syncs on the GPU, through the run's own on-device data path, with MixUp and the EMA:
-    the loop waits once a training step at most (the previous step's finite-loss verdict) besides
-    Lightning's LearningRateMonitor (one wait per parameter group on each logged step: every step
-    at scale=smoke); a validation waits twice at most, whatever its batches (what an H200 showed:
+    the loop waits once a training step at most (the previous step's finite-loss verdict; the
+    learning rates are logged from host values); a validation waits twice at most, whatever its batches (what an H200 showed:
     benchmarks/RESULTS.md); the last checkpoint's writer thread waits apart; its interpretation
     ran on the GPU too."""
     run = tmp_path / "run"
@@ -73,7 +72,6 @@ def test_a_gpu_run_waits_for_the_gpu_at_most_once_a_step(tmp_path, mini):
     report = json.loads((run / "syncs.json").read_text())
     assert report["device"] == "cuda:0" and report["epochs"]
     for epoch in report["epochs"]:
-        monitor = sum(n for where, n in epoch["train_where"].items() if "lr_monitor.py:" in where)
-        assert epoch["train_waits"] - monitor <= epoch["train_steps"] + 1, epoch
+        assert epoch["train_waits"] <= epoch["train_steps"] + 1, epoch
         assert epoch["val_waits"] <= 2 < epoch["val_batches"], epoch
     assert results(run)["dataset"]["on_device"] is True

@@ -33,6 +33,11 @@ from lightning_sota.training.weight_averaging import HostCountedAverage
 from .conftest import config
 
 aten = torch.ops.aten
+# torch has no meta kernel for the fused AdamW with a tensor lr (optim.FusedRAdamW's), which fake
+# tensors run on: it updates its arguments in place and returns nothing, so a no-op is its meta
+if not torch._C._dispatch_has_kernel_for_dispatch_key("aten::_fused_adamw_.tensor_lr", "Meta"):
+    _META = torch.library.Library("aten", "IMPL")
+    _META.impl("_fused_adamw_.tensor_lr", lambda *args, **kwargs: None, "Meta")
 CUDA = torch.device("cuda", 0)
 # the steps run without a Trainer, where Lightning's self.log only warns
 pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")

@@ -179,7 +179,7 @@ def test_flat_cos_is_flat_then_cosine_and_leaves_the_momentum_alone():
     sched = instantiate(cfg.schedule)(opt, [(10, 10)])
     lrs, betas = [], []
     for _ in range(100):
-        lrs.append(opt.param_groups[0]["lr"])
+        lrs.append(float(opt.param_groups[0]["lr"]))  # a tensor in ranger: see optim.FusedRAdamW
         betas.append(opt.param_groups[0]["betas"][0])
         model(torch.ones(1, 3)).sum().backward()
         opt.step()

@@ -75,7 +75,9 @@ class DeviceBatches(Dataset):
     """One epoch's batches of a resident split, indexed by batch number. Their index lists go to
     the device as one matrix when the loader is made: a step's gather then reads nothing from
     the host (uploading each batch's pageable index list would make the host wait for the
-    device at every step)."""
+    device at every step). The row is picked by a cursor on the device, which moves on by
+    itself as the loader asks for the batches in order: no op of a step takes the batch number,
+    so the gather can be captured in a CUDA graph (a row asked out of order moves it there)."""
 
     def __init__(self, images: DeviceImages, batches: list[list[int]]) -> None:
         self.images = images
@@ -84,12 +86,19 @@ class DeviceBatches(Dataset):
         for row, batch in zip(matrix, batches, strict=True):
             row[: len(batch)] = np.sort(batch)  # as CachedImages' order
         self.matrix = torch.from_numpy(matrix).to(images.device)
+        self.cursor = torch.zeros(1, dtype=torch.int64, device=images.device)
+        self.next = 0  # the row the cursor is at: known on the host, never read from the device
 
     def __len__(self) -> int:
         return len(self.lengths)
 
     def __getitem__(self, i: int) -> dict:
-        return self.images.gather(self.matrix[i, : self.lengths[i]])
+        if i != self.next:
+            self.cursor.fill_(i)
+        row = self.matrix.index_select(0, self.cursor)[0, : self.lengths[i]]
+        self.cursor.add_(1)
+        self.next = i + 1
+        return self.images.gather(row)
 
 
 def free_bytes(device: torch.device) -> int | None:

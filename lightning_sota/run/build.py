@@ -15,7 +15,7 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.plugins.io import AsyncCheckpointIO
 
 from lightning_sota.augment.tta import TestTimeAugmentation
@@ -27,7 +27,7 @@ from lightning_sota.report.interpret import Interpretation
 from lightning_sota.report.show_batch import ShowBatch
 from lightning_sota.run import layout
 from lightning_sota.run.plan import Plan, build_data, make_plan, planned_phases
-from lightning_sota.training.callbacks import History, ProgressiveResize
+from lightning_sota.training.callbacks import History, LearningRates, ProgressiveResize
 from lightning_sota.training.loggers import log_config
 from lightning_sota.training.module import ImageClassifier
 
@@ -120,7 +120,7 @@ def build_run(cfg: DictConfig, run_dir: Path, weights: bool = True) -> Run:
     callbacks = [
         history,
         ProgressiveResize(phases),
-        LearningRateMonitor(logging_interval="step"),
+        LearningRates(),
         # One file, replaced (atomically, by Lightning) at every epoch end.
         ModelCheckpoint(
             dirpath=run_dir / layout.CHECKPOINTS, filename=layout.LAST, enable_version_counter=False

@@ -124,6 +124,25 @@ class ProgressiveResize(pl.Callback):
         pl_module.log("batch_size", float(phase.batch_size), on_step=False, on_epoch=True)
 
 
+class LearningRates(pl.Callback):
+    """Each parameter group's learning rate on the Trainer's logging steps, under the names
+    Lightning's LearningRateMonitor gives them (``lr-<optimizer>/pg<n>``), from the schedule's
+    own host-side values. LearningRateMonitor copies every value to the device for
+    callback_metrics (a host wait per group on a GPU), reads an lr held as a device tensor
+    (optim.FusedRAdamW's) back to the host, and refuses a run without loggers (``~logger``)."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        # the connector's and the loop's own step: what LearningRateMonitor logs on, and at
+        if not trainer.loggers or not trainer.lr_scheduler_configs or not trainer._logger_connector.should_update_logs:
+            return
+        schedule = trainer.lr_scheduler_configs[0].scheduler
+        lrs = getattr(schedule, "host_lrs", None) or [float(lr) for lr in schedule.get_last_lr()]
+        name = "lr-" + type(schedule.optimizer).__name__.removeprefix("Foreach")  # optim.ForeachLookahead
+        metrics = {f"{name}/pg{i + 1}" if len(lrs) > 1 else name: lr for i, lr in enumerate(lrs)}
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.fit_loop.epoch_loop._batches_that_stepped)
+
+
 class HostSyncCount(pl.Callback):
     """debug=syncs: how often the training loop waits for the GPU, per training step and per
     validation batch, counted by torch's CUDA sync debug mode over every epoch after the first
@@ -131,9 +150,8 @@ class HostSyncCount(pl.Callback):
     and the lines that waited, go to ``path`` (syncs.json). Waits on other threads are counted
     apart (``background_waits``): Lightning's AsyncCheckpointIO writes the last checkpoint from
     a thread of its own, whose copies to the host wait there while the loop trains on. On the
-    loop, 16-mixed's GradScaler waits once a step by torch's design, and Lightning's
-    LearningRateMonitor once per parameter group on each logged step (it copies every value to
-    the GPU for callback_metrics); nothing else should."""
+    loop, 16-mixed's GradScaler waits once a step by torch's design; nothing else should (the
+    learning rates are logged from host values: LearningRates)."""
 
     def __init__(self, path: str) -> None:
         self.path = Path(path)

@@ -4,12 +4,9 @@ Norm weights and biases get no weight decay in both (fastai's ``wd_bn_bias=False
 
 from __future__ import annotations
 
-import math
-
 import torch
 from timm.optim import Lookahead
 from torch import nn
-from torch.optim.adam import adam as adam_update
 
 from lightning_sota.models.xresnet import param_splits
 
@@ -51,15 +48,20 @@ def adam(
 
 
 class FusedRAdamW(torch.optim.Optimizer):
-    """fastai's RAdam (``decouple_wd=True``) through torch's fused Adam kernel.
+    """fastai's RAdam (``decouple_wd=True``) through torch's fused Adam kernel, every per-step
+    number on the device so that the step can be captured in a CUDA graph.
 
     Written by hand because neither torch nor timm has a fused RAdam, and timm's foreach ranger
     updates several times slower (benchmarks/RESULTS.md). Once rho_t > 5, RAdam's step is Adam's
-    with the step size scaled by r_t, so the fused kernel runs with lr * r_t and weight decay
-    wd / r_t (the decay stays lr * wd), and fastai's denominator sqrt(v / debias2) + eps is Adam's
-    exactly. The first steps (rho_t <= 5: five with beta2 0.99) are momentum SGD, done per tensor.
-    The step count is a Python int per parameter so that r_t never reads the device (no host sync
-    on CUDA)."""
+    with the step size scaled by r_t, and fastai's denominator sqrt(v / debias2) + eps is Adam's
+    exactly: the fused kernel runs with the tensor lr * r_t (r_t computed on the device from the
+    step count) after the decoupled decay, p *= 1 - lr * wd, as one foreach op with a tensor
+    factor (the kernel takes weight decay as a host float, which would change every step). The
+    learning rate is a tensor the schedule fills between steps (torch's LRScheduler does for a
+    tensor lr), and the step counts are device tensors, so no op of the step takes a host
+    number that changes (benchmarks/host_overhead.py). A host count per group, never read from
+    the device, says when rho_t > 5: the first steps (five with beta2 0.99) are momentum SGD,
+    done per tensor."""
 
     def __init__(
         self,
@@ -70,6 +72,7 @@ class FusedRAdamW(torch.optim.Optimizer):
         weight_decay: float = 0.0,
     ) -> None:
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
+        self._lists: dict[int, tuple] = {}  # per group: its parameters' state, as the kernel takes it
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -77,54 +80,92 @@ class FusedRAdamW(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
-            # Parameters whose state was cleared (fastai's clear_state) count from 0 again.
-            by_step: dict[tuple[int, torch.device], list[torch.Tensor]] = {}
-            for p in group["params"]:
-                if p.grad is None:
+        rectifiers: dict[tuple[int, float], torch.Tensor] = {}  # groups at the same step share r_t
+        for i, group in enumerate(self.param_groups):
+            grads = [p.grad for p in group["params"]]
+            lists = self._lists.get(i)
+            # the cache holds while every parameter has a gradient and the state is the one it
+            # was made from (not cleared, not loaded): one look at the first parameter's
+            if (
+                lists is None
+                or lists[0] is not group["params"]
+                or any(g is None for g in grads)
+                or (self.state.get(lists[0][0], {}).get("exp_avg") is not lists[1][0])
+            ):
+                params = [p for p in group["params"] if p.grad is not None]
+                if not params:
                     continue
-                state = self.state[p]
-                if not state:
-                    state.update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
-                by_step.setdefault((state["step"], p.device), []).append(p)
-            for (done, device), params in by_step.items():
-                self._update(group, params, done + 1, device)
+                lists, grads = self._state_lists(i, group, params), [p.grad for p in params]
+            self._update(group, lists, grads, rectifiers)
         return loss
 
-    def _update(self, group: dict, params: list[torch.Tensor], step: int, device: torch.device) -> None:
-        lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+    def _state_lists(self, i: int, group: dict, params: list[torch.Tensor]) -> tuple:
+        """The group's (params, moments, squared moments, step count, host count), made again
+        when its trained parameters or their state change: a state cleared (fastai's
+        clear_state), loaded from a checkpoint (whose counts may be plain ints) or a parameter
+        without a gradient. The group's parameters share one step count (a device tensor),
+        which the fused kernel reads once per parameter."""
+        if len(params) == len(group["params"]):
+            params = group["params"]  # the same list: the cache's own check
+        device = params[0].device
+        if not isinstance(group["lr"], torch.Tensor) or group["lr"].device != device:
+            group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float32, device=device)
+        for p in params:
+            if "exp_avg" not in self.state[p]:
+                self.state[p].update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
         states = [self.state[p] for p in params]
-        rho_inf = 2 / (1 - beta2) - 1
-        rho = rho_inf - 2 * step * beta2**step / (1 - beta2**step)
-        if rho > 5:
-            r = math.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
-            # the kernel adds 1 to each step count it is given, then bias-corrects with it
-            counts = torch.full((len(params),), float(step - 1), device=device).unbind()
-            adam_update(
-                params,
-                [p.grad for p in params],
-                [s["exp_avg"] for s in states],
-                [s["exp_avg_sq"] for s in states],
-                [],
-                list(counts),
-                fused=True,
-                decoupled_weight_decay=True,
-                amsgrad=False,
-                beta1=beta1,
-                beta2=beta2,
-                lr=lr * r,
-                weight_decay=wd / r,
-                eps=eps,
-                maximize=False,
-            )
-        else:
-            for p, s in zip(params, states, strict=True):
-                p.mul_(1 - lr * wd)
-                s["exp_avg"].lerp_(p.grad, 1 - beta1)
-                s["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-                p.add_(s["exp_avg"], alpha=-lr / (1 - beta1**step))
+        counts = {int(s["step"]) for s in states}  # a read once per rebuild, never per step
+        if len(counts) > 1:  # a parameter frozen for a while: r_t is one per group
+            raise ValueError(f"parameter group {i}: its parameters have taken different step counts {counts}")
+        count = counts.pop()
+        shared = torch.tensor(float(count), dtype=torch.float32, device=device)
         for s in states:
-            s["step"] = step
+            s["step"] = shared
+        self._lists[i] = cached = (params, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                                   shared, [count])  # fmt: skip
+        return cached
+
+    def _update(self, group: dict, lists: tuple, grads: list[torch.Tensor], rectifiers: dict) -> None:
+        params, exp_avgs, exp_avg_sqs, step, host = lists
+        lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        host[0] += 1
+        step.add_(1)
+        if wd:
+            torch._foreach_mul_(params, 1 - lr * wd)
+        rho_inf = 2 / (1 - beta2) - 1
+        if rho_inf - 2 * host[0] * beta2 ** host[0] / (1 - beta2 ** host[0]) > 5:
+            r = rectifiers.get((host[0], beta2))
+            if r is None:
+                beta2_t = torch.pow(beta2, step)
+                rho = rho_inf - 2 * step * beta2_t / (1 - beta2_t)
+                r = ((rho - 4) * (rho - 2) * (rho_inf / ((rho_inf - 4) * (rho_inf - 2))) / rho).sqrt()
+                rectifiers[host[0], beta2] = r
+            torch._fused_adamw_(
+                params, grads, exp_avgs, exp_avg_sqs, [], [step] * len(params),
+                lr=lr * r, beta1=beta1, beta2=beta2, weight_decay=0.0, eps=eps, amsgrad=False, maximize=False,
+            )  # fmt: skip
+        else:
+            torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+            torch._foreach_mul_(exp_avg_sqs, beta2)
+            torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
+            torch._foreach_add_(params, torch._foreach_mul(exp_avgs, -lr / (1 - beta1 ** host[0])))
+
+
+class ForeachLookahead(Lookahead):
+    """timm's Lookahead (its state and checkpoints unchanged) with the slow-weight update of
+    every k-th step as three foreach ops per group instead of three ops per parameter, with
+    fastai's arithmetic: slow += alpha * (fast - slow); fast = slow."""
+
+    @torch.no_grad()
+    def update_slow(self, group: dict) -> None:
+        fast = [p for p in group["params"] if p.grad is not None]
+        state = self._base_optimizer.state
+        for p in fast:
+            if "lookahead_slow_buff" not in state[p]:
+                state[p]["lookahead_slow_buff"] = p.detach().clone()
+        slow = [state[p]["lookahead_slow_buff"] for p in fast]
+        torch._foreach_add_(slow, torch._foreach_sub(fast, slow), alpha=group["lookahead_alpha"])
+        torch._foreach_copy_(fast, slow)
 
 
 def ranger(
@@ -136,5 +177,7 @@ def ranger(
     alpha: float = 0.5,
     k: int = 6,
 ) -> Lookahead:
-    """fastai's ranger: timm's Lookahead(k, alpha) over fastai's RAdamW, fused."""
-    return Lookahead(FusedRAdamW(_groups(model, weight_decay), lr=lr, betas=betas, eps=eps), alpha=alpha, k=k)
+    """fastai's ranger: Lookahead(k, alpha) over fastai's RAdamW, fused."""
+    return ForeachLookahead(
+        FusedRAdamW(_groups(model, weight_decay), lr=lr, betas=betas, eps=eps), alpha=alpha, k=k
+    )

@@ -103,7 +103,9 @@ class CycleSchedule(LRScheduler):
                 group["betas"] = (mom, group["betas"][1])
             elif "momentum" in group:
                 group["momentum"] = mom
-        return [self.group_lr(lr, cycle, group) for group in self.optimizer.param_groups]
+        # host floats for logging (training.callbacks.LearningRates): the groups' lr may be tensors
+        self.host_lrs = [self.group_lr(lr, cycle, group) for group in self.optimizer.param_groups]
+        return self.host_lrs
 
 
 def one_cycle(
