@@ -31,48 +31,12 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from lightning_sota.config.compose import compose_config
 from lightning_sota.run.build import build_module, build_run, cpu_tuning
 from lightning_sota.run.plan import prepared_data
 from lightning_sota.training.module import ImageClassifier
-
-aten = torch.ops.aten
-# no kernel: a new view of existing memory, an allocation, or a read of a host value
-NO_KERNEL = {aten.empty.memory_format, aten.empty_strided.default, aten.empty_like.default,
-             aten.detach.default, aten.lift_fresh.default, aten._local_scalar_dense.default,
-             aten.alias.default}  # fmt: skip
-
-
-def host_args(args: tuple, kwargs: dict) -> tuple:
-    """The op's arguments that the host passes by value (numbers, shapes, flags), tensors left out."""
-
-    def plain(a):
-        if isinstance(a, torch.Tensor):
-            return "T"
-        if isinstance(a, (list, tuple)):
-            return tuple(plain(b) for b in a)
-        # an object (a profiler record's handle, a device) by its type: its address is no argument
-        return a if isinstance(a, (int, float, bool, str, type(None))) else type(a).__name__
-
-    return plain(args) + tuple(sorted((k, plain(v)) for k, v in kwargs.items()))
-
-
-class OpLog(TorchDispatchMode):
-    """Each ATen op of the step, with its host arguments."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops: list[tuple[str, tuple]] = []
-        self.kernels = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        self.ops.append((str(func), host_args(args, kwargs)))
-        if func not in NO_KERNEL and not func.is_view:
-            self.kernels += 1
-        return func(*args, **kwargs)
+from lightning_sota.training.step_ops import OpLog, changing
 
 
 class Sections:
@@ -229,13 +193,6 @@ def lightning_step_ms(args: argparse.Namespace, cache_dir: str, epochs: int) -> 
     return statistics.median(clock.intervals)
 
 
-def differing(a: list[tuple], b: list[tuple]) -> list[str]:
-    """The ops of two steps' identical op sequences whose host arguments differ."""
-    if [op for op, _ in a] != [op for op, _ in b]:
-        return ["<the op sequences differ>"]
-    return [op for (op, x), (_, y) in zip(a, b, strict=True) if x != y]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -272,13 +229,13 @@ def main() -> None:
     plain = dict(logs["plain"])
     pair = next((plain[s], plain[s + 1]) for s in sorted(plain) if s + 1 in plain)
     a, b = pair
-    changing = differing(a.ops, b.ops)
+    changed = changing(a, b)
     look = logs["lookahead"][0][1] if logs["lookahead"] else None
     figures = {
         "config": " ".join(args.overrides), "widen": args.widen, "size": args.size, "batch_size": args.bs,
         "precision": args.precision, "on_device": args.on_device, "torch": torch.__version__,
         "aten_ops": len(b.ops), "kernel_ops": b.kernels,
-        "changing_host_args": len(changing), "changing_ops": sorted(set(changing)),
+        "changing_host_args": len(changed), "changing_ops": sorted(set(changed)),
         "lookahead_extra_ops": (len(look.ops) - len(b.ops)) if look else None,
         "host_ms": sections.median(warm_up=10),
         "optimizer_host_ms": optimizer_ms,

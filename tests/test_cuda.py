@@ -63,9 +63,9 @@ def test_a_gpu_run_trains_and_its_checkpoint_predicts_on_the_cpu(tmp_path, mini)
 def test_a_gpu_run_waits_for_the_gpu_at_most_once_a_step(tmp_path, mini):
     """debug=syncs on the GPU, through the run's own on-device data path, with MixUp and the EMA:
     the loop waits once a training step at most (the previous step's finite-loss verdict; the
-    learning rates are logged from host values); a validation waits twice at most, whatever its batches (what an H200 showed:
-    benchmarks/RESULTS.md); the last checkpoint's writer thread waits apart; its interpretation
-    ran on the GPU too."""
+    learning rates are logged from host values); a validation waits twice at most, whatever its
+    batches (what an H200 showed: benchmarks/RESULTS.md); the last checkpoint's writer thread
+    waits apart; its interpretation ran on the GPU too."""
     run = tmp_path / "run"
     overrides = ["+experiment=sota", "mix=mixup", "weight_averaging=ema", "scale=smoke", "debug=syncs"]
     train_here(*overrides, "trainer=gpu", "trainer.devices=1", f"data.root={mini}", tmp=tmp_path)

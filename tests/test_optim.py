@@ -7,6 +7,7 @@ import io
 import pytest
 import torch
 from hydra.utils import instantiate
+from timm.optim import Lookahead
 from torch import nn
 
 from .conftest import config
@@ -98,3 +99,37 @@ def test_optimizers_keep_norm_and_bias_out_of_weight_decay(name):
     torch.save(opt.state_dict(), saved)
     saved.seek(0)
     torch.load(saved, weights_only=True)  # plain containers: a checkpoint with it resumes
+
+
+def test_foreach_lookahead_steps_exactly_as_timms():
+    """ranger's Lookahead (three foreach ops a group every k-th step) against timm's Lookahead
+    (three ops a parameter) over the same RAdam, through three slow-weight updates: equal to
+    the bit."""
+    ours, theirs = _model(), _model()
+    opt = instantiate(config("optim=ranger", "scale.lr=1e-2").optim)(ours)
+    base = type(opt._base_optimizer)(
+        [{**g, "params": list(theirs.parameters())} for g in opt._base_optimizer.param_groups if g["params"]]
+    )
+    timms = Lookahead(base, alpha=0.5, k=6)
+    for a, b in zip(_trajectory(ours, opt, 19), _trajectory(theirs, timms, 19), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_ranger_state_saved_with_host_step_counts_resumes():
+    """A checkpoint saved before the step counts and lr moved to the device (ints and floats, as
+    every earlier run saved them) loads into today's ranger and continues on the same trajectory."""
+    whole, resumed = _model(), _model()
+    build = instantiate(config("optim=ranger", "scale.lr=1e-2").optim)
+    expected = _trajectory(whole, build(whole), 16)[-1]
+    opt = build(resumed)
+    _trajectory(resumed, opt, 9)
+    state = opt.state_dict()
+    for s in state["state"].values():
+        s["step"] = int(s["step"])
+    for g in state["param_groups"]:
+        g["lr"] = float(g["lr"])
+    fresh = _model()
+    fresh.load_state_dict(resumed.state_dict())
+    opt = build(fresh)
+    opt.load_state_dict(state)
+    torch.testing.assert_close(_trajectory(fresh, opt, 7, skip=9)[-1], expected)

@@ -133,7 +133,8 @@ class LearningRates(pl.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         # the connector's and the loop's own step: what LearningRateMonitor logs on, and at
-        if not trainer.loggers or not trainer.lr_scheduler_configs or not trainer._logger_connector.should_update_logs:
+        logging = trainer._logger_connector.should_update_logs
+        if not trainer.loggers or not trainer.lr_scheduler_configs or not logging:
             return
         schedule = trainer.lr_scheduler_configs[0].scheduler
         lrs = getattr(schedule, "host_lrs", None) or [float(lr) for lr in schedule.get_last_lr()]
