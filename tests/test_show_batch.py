@@ -55,14 +55,18 @@ def test_callback_draws_exactly_what_the_first_step_trains_on(tmp_path, monkeypa
     monkeypatch.setattr(show_batch, "save_grid", lambda images, *a, **k: drawn.setdefault("x", images))
     cfg = config("scale=smoke", "seed=3", "~logger")
     module = build_module(cfg, ["a", "b"], cpu_tuning(cfg, torch.device("cpu")))
-    ShowBatch(tmp_path / "show_batch.png").on_train_batch_start(Trainer(), module, batch, 0)
+    shown = ShowBatch(tmp_path / "show_batch.png")
+    shown.on_train_batch_start(Trainer(), module, batch, 0)
+    assert not drawn  # held on the device: drawn after the fit, outside its time
     module.on_train_batch_start(batch, 0)  # then the step: its hook seeds, its augment draws
     step_view = module.augment(batch, train=True)
+    shown.draw()
     assert torch.equal(drawn["x"], step_view)
     # only the first batch of the first epoch
     drawn.clear()
-    ShowBatch(tmp_path / "other.png").on_train_batch_start(Trainer(), module, batch, 1)
-    assert not drawn
+    other = ShowBatch(tmp_path / "other.png")
+    other.on_train_batch_start(Trainer(), module, batch, 1)
+    assert other.draw() is None and not drawn
 
 
 def test_command_draws_a_config_without_training(tmp_path, mini, capsys):

@@ -69,10 +69,13 @@ def save_figure(fig: plt.Figure, path: Path, dpi: int = 100) -> Path:
 class ShowBatch(pl.Callback):
     """Saves the first training batch of a fit, augmented exactly as the first step sees it: with
     the step's own seed (ImageClassifier.seed_draws), under a forked RNG, so the training itself
-    is unchanged."""
+    is unchanged. The batch is augmented in the first step and held on its device; ``draw``
+    (after the fit: run/train.py) reads it back and draws it, so matplotlib and the host's wait
+    for the device stay out of the timed fit."""
 
     def __init__(self, path: Path, n: int = 9) -> None:
         self.path, self.n = Path(path), n
+        self.held: tuple[Tensor, Tensor, str] | None = None
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx
@@ -84,9 +87,15 @@ class ShowBatch(pl.Callback):
             pl_module.seed_draws(batch_idx)
             images = pl_module.augment(batch, train=True)
         name = pl_module.config.get("name", "run")
-        title = f"{name}: first training batch, {int(batch['size'])} px"
-        titles = [pl_module.classes[label] for label in batch["label"].tolist()]
-        save_grid(images, titles, self.path, title, self.n)
+        self.held = (images, batch["label"], f"{name}: first training batch, {int(batch['size'])} px")
+        self.classes = pl_module.classes
+
+    def draw(self) -> Path | None:
+        """The held batch's picture, if the fit held one."""
+        if self.held is None:
+            return None
+        (images, labels, title), self.held = self.held, None
+        return save_grid(images.cpu(), [self.classes[i] for i in labels.tolist()], self.path, title, self.n)
 
 
 def first_batch(overrides: list[str], valid: bool) -> tuple[Tensor, list[str], str]:

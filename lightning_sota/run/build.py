@@ -102,6 +102,7 @@ class Run:
     history: History
     tta: TestTimeAugmentation | None
     interpretation: Interpretation
+    show_batch: ShowBatch
 
 
 def build_run(cfg: DictConfig, run_dir: Path, weights: bool = True) -> Run:
@@ -116,6 +117,7 @@ def build_run(cfg: DictConfig, run_dir: Path, weights: bool = True) -> Run:
     data = build_data(cfg)
     history = History()
     interpretation = Interpretation(history, data, run_dir)
+    show_batch = ShowBatch(run_dir / layout.SHOW_BATCH)
     tta: TestTimeAugmentation | None = built(cfg.tta) if cfg.tta else None
     callbacks = [
         history,
@@ -125,7 +127,7 @@ def build_run(cfg: DictConfig, run_dir: Path, weights: bool = True) -> Run:
         ModelCheckpoint(
             dirpath=run_dir / layout.CHECKPOINTS, filename=layout.LAST, enable_version_counter=False
         ),
-        ShowBatch(run_dir / layout.SHOW_BATCH),
+        show_batch,
         *([tta] if tta else []),
         *([built(cfg.weight_averaging)] if cfg.get("weight_averaging") else []),
         *(built(c) for c in cfg.get("callbacks", {}).values()),
@@ -158,4 +160,4 @@ def build_run(cfg: DictConfig, run_dir: Path, weights: bool = True) -> Run:
     plan = make_plan(cfg, data)
     module = build_module(cfg, data.classes, tuning, weights, parts=parts)
     module.plan, module.serving = plan, data.serving()
-    return Run(plan, data, module, trainer, history, tta, interpretation)
+    return Run(plan, data, module, trainer, history, tta, interpretation, show_batch)

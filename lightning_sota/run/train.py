@@ -55,6 +55,7 @@ def train(cfg: DictConfig, run_dir: Path, resume: Resume | None = None) -> dict 
     # the fit's wall time holds the interpretation at its end (interpret.Interpretation)
     fit_seconds = time.perf_counter() - start - run.interpretation.seconds
     train_seconds = run.history.seconds_before + fit_seconds
+    run.show_batch.draw()  # the first batch, held on the device since the first step
 
     test_seconds = None
     if run.tta:

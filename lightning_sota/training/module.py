@@ -57,6 +57,8 @@ class ImageClassifier(pl.LightningModule):
         self.cpu_tuning: dict[str, bool] = {}  # the CPU speed-ups build_module applied (cpu/)
         self.plan: Plan | None = None  # handed by build_run: a training run's only
         self.serving: dict = {}  # the data's final size, presize and max_aspect (DataModule.serving)
+        self._loss_sum: Tensor | None = None  # the epoch's training loss times its images
+        self._loss_images = 0
         self._epoch_seeds: tuple[tuple[int, int] | None, list[int]] = (None, [])  # see seed_draws
         self.stop_on_non_finite = True  # lr_find turns it off: its search ends where the loss blows up
         # the last step's (finite here, finite on every rank, loss) not yet read: see watch_finite
@@ -110,10 +112,30 @@ class ImageClassifier(pl.LightningModule):
             loss = mixed_loss(self.loss, self.model(x), y, partner, lam)
         self.settle_finite()  # the previous step's verdict, read only now
         self.watch_finite(loss)
-        self.log(
-            "train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x), sync_dist=True
-        )
+        self.sum_loss(loss.detach(), len(x))
         return loss
+
+    def sum_loss(self, loss: Tensor, images: int) -> None:
+        """The epoch's training loss summed on the device (two ops a step), logged once at its
+        last batch (on_train_batch_end): ``self.log`` at every step cost 0.5 ms of host time."""
+        if self._loss_sum is None or self._loss_sum.device != loss.device:
+            self._loss_sum = torch.zeros((), device=loss.device)
+        self._loss_sum.add_(loss.float() * images)
+        self._loss_images += images
+
+    def on_train_epoch_start(self) -> None:
+        if self._loss_sum is not None:
+            self._loss_sum.zero_()
+        self._loss_images = 0
+
+    def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
+        """At the epoch's last batch: its mean training loss (on the progress bar and in the
+        epoch's metrics, averaged over the ranks as self.log(on_epoch=True) did)."""
+        if batch_idx + 1 == self.trainer.num_training_batches and self._loss_images:
+            mean = self._loss_sum / self._loss_images
+            self.log(
+                "train_loss", mean, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=1
+            )
 
     def watch_finite(self, loss: Tensor) -> None:
         """Queue this step's verdict without waiting for it: whether the loss is finite on this
