@@ -1,4 +1,4 @@
-"""Everything a lent GPU should tell us, in one call of about 320 s on one H200
+"""Everything a lent GPU should tell us, in one call of about 510 s on one H200
 (benchmarks/gpu_check.sh runs this).
 
     python benchmarks/gpu_check.py --out $OUT [--work /tmp/...] [--root <train/ and val/>] [--smoke]
@@ -17,8 +17,13 @@ still brings back what it measured:
   batch 128 and 256, bf16 + channels_last, eager, and compiled at 256.
 - sota_leaderboard: ``+experiment=sota scale=leaderboard``, the goal (under 15 s of training),
   with the time to each epoch's accuracy.
+- profile: torch.profiler over 20 of sota's training steps at 128 px, batch 64: kernels a step,
+  host ms a step, GPU busy %.
+- sota_compiled: sota_leaderboard with ``model.compile=reduce-overhead`` (torch.compile's CUDA
+  graphs of the model's forward and backward): its ratio to the eager run in the same call.
 At most 8 files come back in ``--out``, none in a subfolder: gpu_check.json, gpu_check.md (the
-table), cuda_tests.txt, syncs.json, sota_leaderboard.json (its results.json). Caches and run
+table), cuda_tests.txt, syncs.json, sota_leaderboard.json and sota_compiled.json (their
+results.json). Caches and run
 folders stay in ``--work``. ``--smoke``: the same steps on the CPU at smoke scale on the tests' mini
 set (what the test suite runs), so the script is known to work before a GPU is ever lent.
 ``--steps``: only the steps named, in that order.
@@ -43,16 +48,19 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from host_overhead import Sections, manual_steps  # noqa: E402
 from throughput import loader_rate, pipeline, step_rate  # noqa: E402
 
+from lightning_sota.config.compose import compose_config  # noqa: E402
 from lightning_sota.data.folders import scan_split  # noqa: E402
 from lightning_sota.files import write_json  # noqa: E402
 from lightning_sota.locks import usable_cpus  # noqa: E402
 from tests.imagenette_like import TRAIN, VAL, imagenette_like  # noqa: E402
 
 # Seconds each step may take on one H200 (16 cores, the full split), its first calls' times
-# rounded up (benchmarks/RESULTS.md): 320 in all.
-BUDGET = {"device": 5, "cuda_tests": 80, "syncs": 60, "throughput": 75, "sota_leaderboard": 100}
+# rounded up (benchmarks/RESULTS.md; profile's and sota_compiled's are guesses): 510 in all.
+BUDGET = {"device": 5, "cuda_tests": 80, "syncs": 60, "throughput": 75, "sota_leaderboard": 100,
+          "profile": 40, "sota_compiled": 150}  # fmt: skip
 # The anchors the issue measures us against (https://github.com/fastai/imagenette's leaderboard,
 # fastbook chapter 7).
 ANCHORS = {
@@ -209,10 +217,10 @@ def throughput(
     return {"precision": "bf16-mixed" if bf16 else "32-true", "rows": rows}
 
 
-def leaderboard(work: Path, out: Path, overrides: list[str]) -> dict:
+def leaderboard(work: Path, out: Path, overrides: list[str], name: str = "sota_leaderboard") -> dict:
     """The goal run; per epoch: accuracy and the fit time until then."""
-    run_dir, res = train_run(work, "sota_leaderboard", overrides, BUDGET["sota_leaderboard"])
-    shutil.copyfile(run_dir / "results.json", out / "sota_leaderboard.json")
+    run_dir, res = train_run(work, name, overrides, BUDGET[name])
+    shutil.copyfile(run_dir / "results.json", out / f"{name}.json")
     elapsed, epochs = 0.0, []
     for row in res["history"]:
         elapsed += row["seconds"]
@@ -232,6 +240,43 @@ def leaderboard(work: Path, out: Path, overrides: list[str]) -> dict:
         "command": "python train.py " + " ".join(overrides),
         **{k: res[k] for k in keep},
         "epochs": epochs,
+    }
+
+
+def profile(root: Path, cache: Path, smoke: bool, steps: int = 20, warm_up: int = 10) -> dict:
+    """torch.profiler over ``steps`` training steps of sota's step at the leaderboard's shape
+    (xresnet50, 128 px, batch 64, caches on the GPU), after ``warm_up``: kernels a step, host ms a
+    step (the loop enqueueing, no waits) and GPU busy % (kernel time over the steps' wall time)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    size, bs = (32, 16) if smoke else (128, 64)
+    cfg = compose_config(["+experiment=sota", "scale=smoke" if smoke else "scale=leaderboard",
+                          f"data.root={root}", f"data.cache_dir={cache}", "~logger",
+                          f"data.on_device={str(device.type == 'cuda').lower()}",
+                          f"resize.phases=[{{size:{size},batch_size:{bs},epochs:1}}]"])  # fmt: skip
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    window = torch.profiler.schedule(wait=0, warmup=warm_up, active=steps, repeat=1)
+    start = {}
+
+    def after(step: int) -> None:
+        prof.step()
+        if step == warm_up - 1:
+            torch.cuda.synchronize() if device.type == "cuda" else None
+            start["t"] = time.perf_counter()
+
+    with torch.profiler.profile(activities=activities, schedule=window) as prof:
+        per_step, _ = manual_steps(cfg, warm_up + steps, Sections(), device=device, after=after)
+        torch.cuda.synchronize() if device.type == "cuda" else None
+        wall_ms = 1e3 * (time.perf_counter() - start["t"])
+    gpu = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    busy_ms = sum(e.self_device_time_total for e in gpu) / 1e3
+    return {
+        "shape": f"{size} px, batch {bs}, {device}",
+        "kernels_per_step": round(sum(e.count for e in gpu) / steps, 1),
+        "host_ms_per_step": round(sum(per_step[warm_up:]) / steps, 2),
+        "wall_ms_per_step": round(wall_ms / steps, 2),
+        "gpu_busy_percent": round(100 * busy_ms / wall_ms, 1) if gpu else None,
     }
 
 
@@ -299,6 +344,11 @@ def main() -> None:
         "syncs": lambda: syncs(work, out, [*probe, *scale, *common]),
         "throughput": lambda: throughput(root, cache, size, batch_sizes, n_steps, compile_bs),
         "sota_leaderboard": lambda: leaderboard(work, out, ["+experiment=sota", *scale, *common]),
+        "profile": lambda: profile(root, cache, args.smoke),
+        # torch.compile's CUDA graphs of the model's forward and backward, against the eager run above
+        "sota_compiled": lambda: leaderboard(
+            work, out, ["+experiment=sota", "model.compile=reduce-overhead", *scale, *common], "sota_compiled"
+        ),
     }
     check = Check(out, args.smoke)
     for name in args.steps:

@@ -38,6 +38,8 @@ from lightning_sota.run.plan import prepared_data
 from lightning_sota.training.module import ImageClassifier
 from lightning_sota.training.step_ops import OpLog, changing
 
+CPU = torch.device("cpu")
+
 
 class Sections:
     """Host ms of the step's parts, per step, from forward hooks on the module's parts and
@@ -86,7 +88,7 @@ def optimizer_host_ms(cfg, steps: int = 40) -> float:
     run, its kernel's own work nearly nothing, so the time is the host's (Python, dispatch,
     per-op costs) as on a GPU, where the kernels run apart. Lookahead's k-th steps left out."""
     data, plan = prepared_data(cfg)
-    module: ImageClassifier = build_module(cfg, data.classes, cpu_tuning(cfg, torch.device("cpu")))
+    module: ImageClassifier = build_module(cfg, data.classes, cpu_tuning(cfg, CPU))
     for p in module.model.parameters():
         p.data = torch.zeros((1,) * p.ndim)
         p.grad = torch.full_like(p.data, 1e-3)
@@ -113,14 +115,17 @@ def build(args: argparse.Namespace, cache_dir: str, log_dir: str | None = None, 
     return compose_config(overrides)
 
 
-def manual_steps(cfg, steps: int, sections: Sections, oplog_from: int | None = None) -> tuple[list, dict]:
+def manual_steps(
+    cfg, steps: int, sections: Sections, oplog_from: int | None = None, device: torch.device = CPU, after=None
+) -> tuple[list, dict]:
     """``steps`` training steps of the run's module, as Lightning's loop makes them (autocast as
     the precision asks, the schedule stepped after the optimizer), timed by section; the op logs
     of the steps from ``oplog_from`` on, by kind: "first" (an epoch's first step: it also builds
-    the loader), "lookahead" (Lookahead's k-th step) and "plain"."""
+    the loader), "lookahead" (Lookahead's k-th step) and "plain". On ``device`` (the GPU check's
+    profile: benchmarks/gpu_check.py); ``after(step)`` is called after each step."""
     data, plan = prepared_data(cfg)
-    data.place(torch.device("cpu"), upload=True)
-    module: ImageClassifier = build_module(cfg, data.classes, cpu_tuning(cfg, torch.device("cpu")))
+    data.place(device, upload=True)
+    module: ImageClassifier = build_module(cfg, data.classes, cpu_tuning(cfg, device)).to(device)
     module.plan, module.serving = plan, data.serving()
     configured = module.configure_optimizers()
     optimizer, schedule = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
@@ -145,7 +150,10 @@ def manual_steps(cfg, steps: int, sections: Sections, oplog_from: int | None = N
                     batch = next(batches)
             with sections.timed("seeding"):
                 module.on_train_batch_start(batch, step)
-            with sections.timed("training_step"), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            with (
+                sections.timed("training_step"),
+                torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16),
+            ):
                 loss = module.training_step(batch, step)
             with sections.timed("backward"):
                 loss.backward()
@@ -157,6 +165,8 @@ def manual_steps(cfg, steps: int, sections: Sections, oplog_from: int | None = N
                 schedule.step()
         per_step.append(1e3 * (time.perf_counter() - start))
         sections.next_step()
+        if after:
+            after(step)
         if logged:
             kind = "first" if first else "lookahead" if k and (step + 1) % k == 0 else "plain"
             logs[kind].append((step, log))

@@ -51,9 +51,9 @@ def test_gpu_check_smoke_runs_every_step_without_the_test_extras(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads((out / "gpu_check.json").read_text())
-    steps = ("device", "cuda_tests", "syncs", "throughput", "sota_leaderboard")
+    steps = ("device", "cuda_tests", "syncs", "throughput", "sota_leaderboard", "profile", "sota_compiled")
     assert all(res[s]["ok"] for s in steps), {s: res[s].get("error") for s in steps}
-    assert sum(res[s]["budget_s"] for s in steps) <= 320
+    assert sum(res[s]["budget_s"] for s in steps) <= 510
     assert res["device"]["cuda"] is False and res["syncs"]["skipped"].startswith("the run is on cpu")
     assert "skipped" in res["cuda_tests"]["summary"] and "error" not in res["cuda_tests"]["summary"]
     (row,) = res["throughput"]["rows"]
@@ -63,6 +63,15 @@ def test_gpu_check_smoke_runs_every_step_without_the_test_extras(tmp_path):
     assert epochs and all(0 <= e["val_acc"] <= 1 for e in epochs)
     assert [e["at_s"] for e in epochs] == sorted(e["at_s"] for e in epochs)  # time to each epoch
     assert res["sota_leaderboard"]["tta_acc"] is not None
+    profile = res["profile"]  # no CUDA kernels to count on the CPU
+    assert (
+        profile["kernels_per_step"] == 0
+        and profile["host_ms_per_step"] > 0
+        and profile["gpu_busy_percent"] is None
+    )
+    assert (
+        res["sota_compiled"]["epochs"] and "model.compile=reduce-overhead" in res["sota_compiled"]["command"]
+    )
     files = list(out.iterdir())
     assert len(files) <= 8 and all(f.is_file() and f.stat().st_size < 16 * 2**20 for f in files)
     assert {f.name for f in files} == {
@@ -71,6 +80,7 @@ def test_gpu_check_smoke_runs_every_step_without_the_test_extras(tmp_path):
         "cuda_tests.txt",
         "syncs.json",
         "sota_leaderboard.json",
+        "sota_compiled.json",
     }
     assert (work / "cache").is_dir() and (work / "runs" / "sota_leaderboard" / "results.json").is_file()
     assert "| step | ok | seconds (budget) | figures |" in (out / "gpu_check.md").read_text()

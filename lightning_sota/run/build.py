@@ -27,7 +27,7 @@ from lightning_sota.report.interpret import Interpretation
 from lightning_sota.report.show_batch import ShowBatch
 from lightning_sota.run import layout
 from lightning_sota.run.plan import Plan, build_data, make_plan, planned_phases
-from lightning_sota.training.callbacks import History, LearningRates, ProgressiveResize
+from lightning_sota.training.callbacks import History, LearningRates, ProgressiveResize, progress_bar
 from lightning_sota.training.loggers import log_config
 from lightning_sota.training.module import ImageClassifier
 
@@ -132,6 +132,7 @@ def build_run(cfg: DictConfig, run_dir: Path, weights: bool = True) -> Run:
         *([built(cfg.weight_averaging)] if cfg.get("weight_averaging") else []),
         *(built(c) for c in cfg.get("callbacks", {}).values()),
         interpretation,  # after weight averaging's on_train_end, which puts the average in the model
+        *([progress_bar()] if cfg.trainer.get("enable_progress_bar", True) else []),
     ]
     loggers = [built(c) for c in (cfg.logger or {}).values()]  # ~logger: none
     log_config(loggers, cfg)

@@ -60,6 +60,7 @@ class ImageClassifier(pl.LightningModule):
         self._loss_sum: Tensor | None = None  # the epoch's training loss times its images
         self._loss_images = 0
         self._epoch_seeds: tuple[tuple[int, int] | None, list[int]] = (None, [])  # see seed_draws
+        self._generators: list[torch.Generator] = []
         self.stop_on_non_finite = True  # lr_find turns it off: its search ends where the loss blows up
         # the last step's (finite here, finite on every rank, loss) not yet read: see watch_finite
         self._verdict: tuple[Tensor, torch.cuda.Event | None, int, int] | None = None
@@ -91,17 +92,29 @@ class ImageClassifier(pl.LightningModule):
         and device, 0.15 ms a step. A captured CUDA graph reads the device generator's seed at
         each replay."""
         key = (self.global_rank, self.current_epoch)
-        if self._epoch_seeds[0] != key:  # an epoch's seeds made at its first step: 10-20 us each
-            batches = self.plan.batches_at(self.current_epoch) if self.plan else 0
-            self._epoch_seeds = (key, [step_seed(self.seed, *key, b) for b in range(batches)])
+        if self._epoch_seeds[0] != key:
+            self._make_epoch_seeds(key)
         seeds = self._epoch_seeds[1]
-        seed = seeds[batch_idx] if batch_idx < len(seeds) else step_seed(self.seed, *key, batch_idx)
-        torch.default_generator.manual_seed(seed)
-        if self.device.type == "cuda":
-            torch.cuda.default_generators[self.device.index or 0].manual_seed(seed)
+        self._seed(seeds[batch_idx] if batch_idx < len(seeds) else step_seed(self.seed, *key, batch_idx))
+
+    def _make_epoch_seeds(self, key: tuple[int, int]) -> None:
+        """The epoch's seeds (10-20 us each), and the generators to seed, made once an epoch."""
+        batches = self.plan.batches_at(key[1]) if self.plan else 0
+        self._epoch_seeds = (key, [step_seed(self.seed, *key, b) for b in range(batches)])
+        on_gpu = self.device.type == "cuda"
+        self._generators = [torch.default_generator]
+        self._generators += [torch.cuda.default_generators[self.device.index or 0]] if on_gpu else []
+
+    def _seed(self, seed: int) -> None:
+        for generator in self._generators:
+            generator.manual_seed(seed)
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
-        self.seed_draws(batch_idx)
+        seeds = self._epoch_seeds[1]  # this epoch's: on_train_epoch_start made them
+        if batch_idx < len(seeds):
+            self._seed(seeds[batch_idx])
+        else:
+            self.seed_draws(batch_idx)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         x, y = self.prepare(batch, train=True), batch["label"]
@@ -124,6 +137,7 @@ class ImageClassifier(pl.LightningModule):
         self._loss_images += images
 
     def on_train_epoch_start(self) -> None:
+        self._make_epoch_seeds((self.global_rank, self.current_epoch))
         if self._loss_sum is not None:
             self._loss_sum.zero_()
         self._loss_images = 0
