@@ -3,6 +3,9 @@ this process for what its options change."""
 
 from __future__ import annotations
 
+import shlex
+import subprocess
+
 import pytest
 import torch
 import yaml
@@ -62,6 +65,14 @@ def test_a_user_run_of_train_py(tmp_path):
     assert "config:\n" in log and f"val_acc {res['val_acc']:.4f} in " in log
     assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "metrics.csv").is_file()
     assert (tmp_path / "outputs" / "cache").is_dir()  # data.cache_dir's default, beside the runs
+    # what made it: the command as typed, the job's overrides, and the checkout's commit
+    made = res["provenance"]
+    assert shlex.split(made["command"]) == [str(ROOT / "train.py"), *typed] and made["overrides"] == typed
+    if (ROOT / ".git").exists():
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+        assert made["git"]["commit"] == head.stdout.strip()
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert checkpoint["lightning_sota"]["provenance"] == made
 
 
 def test_fp32_timm_model_without_channels_last(tmp_path, mini):

@@ -27,6 +27,7 @@ from lightning_sota.report.interpret import Interpretation
 from lightning_sota.report.show_batch import ShowBatch
 from lightning_sota.run import layout
 from lightning_sota.run.plan import Plan, build_data, make_plan, planned_phases
+from lightning_sota.run.provenance import provenance
 from lightning_sota.training.callbacks import History, LearningRates, ProgressiveResize, progress_bar
 from lightning_sota.training.loggers import log_config
 from lightning_sota.training.module import ImageClassifier
@@ -103,6 +104,7 @@ class Run:
     tta: TestTimeAugmentation | None
     interpretation: Interpretation
     show_batch: ShowBatch
+    provenance: dict
 
 
 def build_run(cfg: DictConfig, run_dir: Path, weights: bool = True) -> Run:
@@ -161,4 +163,5 @@ def build_run(cfg: DictConfig, run_dir: Path, weights: bool = True) -> Run:
     plan = make_plan(cfg, data)
     module = build_module(cfg, data.classes, tuning, weights, parts=parts)
     module.plan, module.serving = plan, data.serving()
-    return Run(plan, data, module, trainer, history, tta, interpretation, show_batch)
+    module.provenance = provenance()
+    return Run(plan, data, module, trainer, history, tta, interpretation, show_batch, module.provenance)

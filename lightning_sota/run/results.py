@@ -70,6 +70,7 @@ def summarize(cfg: DictConfig, run: Run, train_seconds: float, test_seconds: flo
         "pretrained": cfg.model.get("pretrained", False),
         "normalize": run.module.normalize.stats(),
         "dataset": dataset,
+        "provenance": run.provenance,
         **({"compile": {"mode": compiled, "graphs": compiled_graphs()}} if compiled else {}),
     }
 

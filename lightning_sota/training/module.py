@@ -57,6 +57,7 @@ class ImageClassifier(pl.LightningModule):
         self.cpu_tuning: dict[str, bool] = {}  # the CPU speed-ups build_module applied (cpu/)
         self.plan: Plan | None = None  # handed by build_run: a training run's only
         self.serving: dict = {}  # the data's final size, presize and max_aspect (DataModule.serving)
+        self.provenance: dict = {}  # what made the run (run/provenance.py), handed by build_run
         self._loss_sum: Tensor | None = None  # the epoch's training loss times its images
         self._loss_images = 0
         self._epoch_seeds: tuple[tuple[int, int] | None, list[int]] = (None, [])  # see seed_draws
@@ -227,6 +228,7 @@ class ImageClassifier(pl.LightningModule):
             "normalize": self.normalize.stats(),
             "model": self.config.get("model", {}),
             "config": self.config,
+            "provenance": self.provenance,
         }
 
     def configure_optimizers(self) -> dict:
