@@ -77,6 +77,7 @@ bench: install-bench
 	$(PY) benchmarks/vs_fastai.py --root $(IMAGENETTE_ROOT) $(BENCH_ARGS)
 	$(PY) benchmarks/throughput.py --root $(IMAGENETTE_ROOT) $(THROUGHPUT_ARGS)
 	$(PY) benchmarks/small_map_conv.py $(SMALL_MAP_ARGS)
+	$(PY) benchmarks/host_overhead.py --root $(IMAGENETTE_ROOT) $(HOST_ARGS)
 
 # What a lent GPU machine lacks (it has torch, Lightning, timm, torchmetrics; no network): Hydra's
 # wheels, at the versions constraints.txt pins, into .whl/ for benchmarks/gpu_check.sh to carry.

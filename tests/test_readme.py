@@ -40,6 +40,7 @@ MAKE_ARGS = {
         "BENCH_ARGS": "--scale smoke --epochs 1 --seeds 1",
         "THROUGHPUT_ARGS": "--sizes 32 --loader-batches 2 --steps 1 --arch resnet10t --no-compile",
         "SMALL_MAP_ARGS": "--bs 4 --calls 1 --repeats 1",
+        "HOST_ARGS": "--steps 3 --epochs 1",
     },
     "test": {"ARGS": "--collect-only -q"},  # the suite inside itself: collected, not run
     "test-fast": {"ARGS": "--collect-only -q"},
