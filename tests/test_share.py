@@ -8,6 +8,7 @@ import shutil
 import pytest
 import timm
 import torch
+from huggingface_hub import ModelCard
 from omegaconf import OmegaConf
 
 from lightning_sota import load_run
@@ -38,6 +39,15 @@ def test_timm_loads_the_export_back_and_computes_the_runs_logits(trained_run, tm
     x = torch.rand(4, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x), run.model.eval()(x), atol=1e-5, rtol=1e-5)
+
+    # the model card: huggingface_hub reads it back, the run's accuracies as evaluation results
+    card = ModelCard.load(out / "README.md")
+    results = json.loads((trained_run / "results.json").read_text())
+    scores = {r.metric_name: r.metric_value for r in card.data.eval_results}
+    assert scores["val_acc"] == results["val_acc"] and scores["tta_acc"] == results["tta_acc"]
+    assert card.data.library_name == "timm"
+    assert card.data.model_name == "timm-export" and f"{results['val_acc']:.4f}" in card.text
+    assert results["provenance"]["git"] is None or results["provenance"]["git"]["commit"] in card.text
 
 
 @pytest.mark.parametrize("crop", ["square", "image"])

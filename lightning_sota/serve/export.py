@@ -4,7 +4,8 @@ Hugging Face layout.
     lightning-sota-export outputs/runs/sota/<time> --onnx model.onnx
     lightning-sota-export outputs/runs/sota/<time> --timm shared-model/
 
---timm writes what ``timm.create_model("local-dir:shared-model", pretrained=True)`` loads;
+--timm writes what ``timm.create_model("local-dir:shared-model", pretrained=True)`` loads, with a
+model card (README.md: the run's accuracies, data, recipe and limits);
 --push-to-hub <user/repo> uploads the same through timm's ``push_to_hf_hub``. For ONNX:
 
 The graph takes ``image``: float32 [batch, 3, S, S], RGB in [0, 1], at the run's final size S
@@ -30,6 +31,7 @@ from lightning_sota.errors import ConfigError
 from lightning_sota.files import staged, write_json
 from lightning_sota.models.xresnet import se_base
 from lightning_sota.run.checkpoint import Restored, restore
+from lightning_sota.serve.model_card import model_card
 
 
 class Classifier(nn.Module):
@@ -112,9 +114,10 @@ def timm_view(augment: BatchAugment) -> dict:
     }
 
 
-def timm_model(target: str | Path) -> tuple[nn.Module, dict]:
-    """The run's network as timm rebuilds it, and what timm's ``save_for_hf`` / ``push_to_hf_hub``
-    record with it: the label names and the preprocessing (mean/std, input size, centre crop)."""
+def timm_model(target: str | Path) -> tuple[nn.Module, dict, Restored]:
+    """The run's network as timm rebuilds it, what timm's ``save_for_hf`` / ``push_to_hf_hub``
+    record with it (the label names and the preprocessing: mean/std, input size, centre crop),
+    and the restored run (for its model card)."""
     run = restore(target, "export", ["trainer.accelerator=cpu", "trainer.precision=32-true"])
     model = run.module.model.eval()
     unknown = beyond_timm(run.config.model)
@@ -138,32 +141,36 @@ def timm_model(target: str | Path) -> tuple[nn.Module, dict]:
         "data_config": data_config,
         "safe_serialization": True,
     }
-    return model, shared
+    return model, shared, run
 
 
 def export_timm(target: str | Path, out: str | Path) -> dict:
     """Write ``out`` as timm's Hugging Face folder with timm's own ``save_for_hf`` (config.json and
-    safetensors weights): ``timm.create_model("local-dir:<out>", pretrained=True)`` rebuilds the
-    model. Returns the data config recorded."""
+    safetensors weights) and its model card, README.md (serve/model_card.py):
+    ``timm.create_model("local-dir:<out>", pretrained=True)`` rebuilds the model. Returns the data
+    config recorded."""
     import timm
 
-    model, shared = timm_model(target)
+    model, shared, run = timm_model(target)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with staged(out) as stage:
         stage.path.mkdir()
         timm.models.save_for_hf(model, str(stage.path), **shared)
+        model_card(run, out.resolve().name).save(stage.path / "README.md")
     return shared["data_config"]
 
 
 def push_timm(target: str | Path, repo: str) -> None:
     """Upload the run as ``export_timm`` writes it to the Hugging Face Hub repository ``repo``
-    (timm's ``push_to_hf_hub``; huggingface_hub's login or HF_TOKEN)."""
+    (timm's ``push_to_hf_hub``; huggingface_hub's login or HF_TOKEN), then the same model card
+    as README.md: timm writes a generic one of its own where the repository has none."""
     import timm
 
-    model, shared = timm_model(target)
+    model, shared, run = timm_model(target)
     try:
         timm.models.push_to_hf_hub(model, repo, **shared)
+        model_card(run, repo).push_to_hub(repo, commit_message="lightning-sota's model card")
     except Exception as err:  # no network, no login, no such repository: one line
         raise ConfigError(f"--push-to-hub {repo}: {type(err).__name__}: {str(err).splitlines()[0]}") from err
 
