@@ -26,6 +26,7 @@ from lightning_sota.models.weights import normalize_for_weights
 from lightning_sota.report.lr_find import find_lr
 from lightning_sota.run import layout
 from lightning_sota.run.build import build_run
+from lightning_sota.run.gpu_slots import gpu_per_job
 from lightning_sota.run.results import is_complete, summarize
 from lightning_sota.run.resume import Resume, resumed
 from lightning_sota.training.loggers import keep_rows_before
@@ -92,8 +93,9 @@ def run_job(cfg: DictConfig, run_dir: Path, overrides: list[str], multirun: bool
         return json.loads(done.read_text())
     if resume:  # the steps after the checkpoint run again: their metrics.csv rows go
         keep_rows_before(run_dir, resume.step)
-    log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
-    return train(cfg, run_dir, resume)
+    with gpu_per_job(cfg, multirun):  # a parallel sweep's job: a GPU of its own
+        log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
+        return train(cfg, run_dir, resume)
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
