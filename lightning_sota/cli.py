@@ -1,8 +1,10 @@
 """What every command-line entry point shares: a problem the user can fix ends the program with
-one line, ``error: <message>``, and exit status 2, never a traceback."""
+one line, ``error: <message>``, and exit status 2, never a traceback; and, for the commands that
+take a run, which of its checkpoints."""
 
 from __future__ import annotations
 
+import argparse
 import functools
 import sys
 from collections.abc import Callable
@@ -28,3 +30,13 @@ def one_line_errors(main: Callable[..., T]) -> Callable[..., T]:
             sys.exit(2)
 
     return wrapper
+
+
+def checkpoint_choice(parser: argparse.ArgumentParser) -> None:
+    """``--checkpoint last|best``: a run folder's last checkpoint, or the best it kept."""
+    parser.add_argument(
+        "--checkpoint",
+        choices=("last", "best"),
+        default="last",
+        help="a run folder's last checkpoint, or the best of those checkpoint.save_top_k kept",
+    )

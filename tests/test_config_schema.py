@@ -57,6 +57,9 @@ WRONG = [
     (["trainer.log_every_n_steps=often"], "trainer.log_every_n_steps: Value 'often' of type 'str'"),
     (["+trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches=0: must be an integer >= 1"),
     (["cpu.small_map_gemm=sometimes"], "cpu.small_map_gemm='sometimes': use auto, true or false"),
+    (["checkpoint.mode=highest"], "checkpoint.mode: Invalid value 'highest', expected one of [max, min]"),
+    (["checkpoint.save_top_k=-1"], "checkpoint.save_top_k=-1: must be >= 0"),
+    (["checkpoint.monitor=acc"], "checkpoint.monitor=acc: a run logs holdout_acc, holdout_loss"),
     (["logger.csv.name=[run]"], "logger.csv.name: Cannot convert 'list' to string"),
     (["scale.lr=0"], "scale.lr=0: must be > 0"),
     (

@@ -22,6 +22,7 @@ from lightning_sota.errors import ConfigError, UserError
 from lightning_sota.models.weights import check_pretrained
 from lightning_sota.run.plan import planned_phases
 from lightning_sota.training.schedule import check_freeze_epochs
+from lightning_sota.training.selection import METRICS
 
 PHASES_FIX = "epochs come from the phases: set scale.epochs (resize=fixed) or scale.progressive.N.epochs"
 WHOLE_SPLIT = "val_acc and tta_acc are scored on the whole validation split every epoch: remove it"
@@ -57,6 +58,7 @@ def check_config(cfg: DictConfig) -> None:
     validate(cfg)
     check_model(cfg.model)
     check_trainer(cfg)
+    check_selection(cfg)
     if "freeze_epochs" in cfg.schedule:  # fine_tune_pretrained
         check_freeze_epochs(cfg.schedule.freeze_epochs, sum(p.epochs for p in planned_phases(cfg.resize)))
 
@@ -92,6 +94,21 @@ def check_trainer(cfg: DictConfig) -> None:
             "inside its step, too late to clip; use trainer.precision=bf16-mixed or optim.fused=false"
         )
     check_devices(trainer)
+
+
+def check_selection(cfg: DictConfig) -> None:
+    """checkpoint.monitor: a metric the run logs once an epoch (a holdout's with data.holdout)."""
+    monitor = str(cfg.checkpoint.monitor)
+    if monitor == "auto":
+        return
+    if monitor not in METRICS:
+        raise ConfigError(
+            f"checkpoint.monitor={monitor}: a run logs {', '.join(METRICS)}; use one of them or auto"
+        )
+    if monitor.startswith("holdout") and not cfg.data.get("holdout"):
+        raise ConfigError(
+            f"checkpoint.monitor={monitor} without a holdout: set data.holdout=0.1, or monitor val_acc"
+        )
 
 
 def check_multirun(trainer: DictConfig, multirun: bool) -> None:

@@ -34,6 +34,7 @@ from lightning_sota.config.schema_data import (
 from lightning_sota.config.schema_training import (
     AdamConf,
     AdamWConf,
+    CheckpointConf,
     CpuConf,
     EmaConf,
     FineTuneConf,
@@ -73,6 +74,7 @@ class RunConf:
     tta: Any = None
     weight_averaging: Any = None
     trainer: Any = MISSING
+    checkpoint: Any = MISSING
     cpu: Any = MISSING
     logger: Any = None  # ~logger: none (a config composed outside a Hydra run has no run folder)
 
@@ -90,6 +92,7 @@ GROUPS: dict[str, type] = {
     "tta": TtaConf,
     "weight_averaging": EmaConf,
     "trainer": TrainerConf,
+    "checkpoint": CheckpointConf,
     "cpu": CpuConf,
     "logger": LoggerConf,
 }

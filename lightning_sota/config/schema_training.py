@@ -11,6 +11,7 @@ from omegaconf import MISSING
 from lightning_sota.config.fields import BELOW_ONE, FRACTION, POSITIVE, SWITCH, choice
 from lightning_sota.config.rules import Check, at_least, each, is_integer, passes, rule, within
 
+SelectMode = choice("SelectMode", "max", "min")
 Reduction = choice("Reduction", "none")  # the module averages the per-image losses, or weighs them
 BETAS = each(BELOW_ONE, length=2)
 MOMS = each(FRACTION, length=3)
@@ -183,3 +184,14 @@ class LoggerConf:
     OPEN: ClassVar[bool] = True
 
     csv: CsvLoggerConf = MISSING
+
+
+@dataclass
+class CheckpointConf:
+    """conf/checkpoint: the best epochs kept beside last.ckpt, and early stopping
+    (training/selection.py); which metrics may be monitored: checks.check_selection."""
+
+    save_top_k: int = rule(at_least(0))
+    monitor: str = MISSING
+    mode: SelectMode = MISSING
+    patience: int | None = rule(POSITIVE)

@@ -97,11 +97,14 @@ class ImagenetteDataModule(pl.LightningDataModule):
     def current_phase(self) -> Phase:
         return self.plan.phase_at(self.current_epoch())
 
-    def serving(self) -> dict:
-        """What a user of the trained weights needs to see images as validation did: the final
-        size, the cache's short side at it, and its cap on the long side's ratio."""
-        size = self.plan.last.size
-        return {"size": size, "presize": self.presize_for(size), "max_aspect": self.max_aspect}
+    def serving(self) -> dict[int, dict]:
+        """What a user of the trained weights needs to see images as validation did, for each
+        phase's size (a checkpoint records its epoch's): the size, the cache's short side at it,
+        and its cap on the long side's ratio."""
+        return {
+            size: {"size": size, "presize": self.presize_for(size), "max_aspect": self.max_aspect}
+            for size in self.plan.sizes
+        }
 
     # -- data -------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:

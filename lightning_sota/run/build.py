@@ -31,6 +31,7 @@ from lightning_sota.run.provenance import provenance
 from lightning_sota.training.callbacks import History, LearningRates, ProgressiveResize, progress_bar
 from lightning_sota.training.loggers import log_config
 from lightning_sota.training.module import ImageClassifier
+from lightning_sota.training.selection import monitored, selection_callbacks
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,7 @@ def build_run(cfg: DictConfig, run_dir: Path, weights: bool = True) -> Run:
             dirpath=run_dir / layout.CHECKPOINTS, filename=layout.LAST, enable_version_counter=False
         ),
         show_batch,
+        *selection_callbacks(cfg, run_dir),
         *([tta] if tta else []),
         *([built(cfg.weight_averaging)] if cfg.get("weight_averaging") else []),
         *(built(c) for c in cfg.get("callbacks", {}).values()),
@@ -164,4 +166,5 @@ def build_run(cfg: DictConfig, run_dir: Path, weights: bool = True) -> Run:
     module = build_module(cfg, data.classes, tuning, weights, parts=parts)
     module.plan, module.serving = plan, data.serving()
     module.provenance = provenance()
+    module.selection = {"monitor": monitored(cfg), "mode": str(cfg.checkpoint.mode)}
     return Run(plan, data, module, trainer, history, tta, interpretation, show_batch, module.provenance)

@@ -165,7 +165,9 @@ class Restored:
     run_dir: Path  # the run folder holding checkpoints/ (or the file's folder)
     config: DictConfig  # the run's resolved config, with the command's overrides merged
     classes: list[str]
-    size: int  # the final training size: what validation ran at
+    size: int  # the size its epoch trained and validated at (the final one, for the last epoch)
+    phase: int  # that epoch's phase: its validation batch size
+    epoch: int | None  # the epoch (None: a checkpoint saved before epochs were recorded)
     presize: int  # the cache's short side at that size, and its cap on the long side's ratio
     max_aspect: float
     trainer: pl.Trainer  # one device, the run's accelerator and precision: for scoring
@@ -178,12 +180,17 @@ class Restored:
 
 
 def restore(
-    target: str | Path, command: str, overrides: list[str] = (), tune_process: bool = True
+    target: str | Path,
+    command: str,
+    overrides: list[str] = (),
+    tune_process: bool = True,
+    which: str = layout.LAST,
 ) -> Restored:
     """The run of ``target`` rebuilt from its checkpoint for ``command`` (evaluate, predict or
-    export), with ``overrides`` (key=value) that FREE[command] allows. ``tune_process=False``
-    (``load_run`` from a user's Python) leaves the process as it was: only the model is tuned."""
-    path = layout.checkpoint_path(target)
+    export), with ``overrides`` (key=value) that FREE[command] allows. ``which``: a run folder's
+    last checkpoint or its best kept one (``best``). ``tune_process=False`` (``load_run`` from a
+    user's Python) leaves the process as it was: only the model is tuned."""
+    path = layout.checkpoint_path(target, which=which)
     ckpt = layout.read_checkpoint(path)
     meta = ckpt["lightning_sota"]
     saved = saved_config(ckpt)
@@ -206,6 +213,8 @@ def restore(
         config=cfg,
         classes=list(meta["classes"]),
         size=meta["size"],
+        phase=meta.get("phase", -1),  # a checkpoint saved before epochs recorded theirs: the last
+        epoch=meta.get("epoch"),
         presize=meta["presize"],
         max_aspect=meta["max_aspect"],
         trainer=trainer,
@@ -214,15 +223,15 @@ def restore(
 
 
 def scoring_data(run: Restored, split: str = "val") -> ImagenetteDataModule:
-    """The run's data at its final size and validation batch size (what its last validation
-    scored), set up: for ``val``, only the split scored (data.root's val/ or valid/, or data.root
+    """The run's data at its checkpoint's size and validation batch size (what that epoch's
+    validation scored), set up: for ``val``, only the split scored (data.root's val/ or valid/, or data.root
     itself as one folder of class folders; no training cache); ``holdout`` is part of train. A
     dataset whose classes differ from the checkpoint's is refused."""
     cfg = run.config.data
     data = instantiate(cfg, sizes=[run.size], score_only=split == "val" and not cfg.get("valid_pct"))
     data.setup("fit")
-    last = planned_phases(run.config.resize)[-1]
-    data.plan = Plan.make((last,), len(data.train_index))  # the last phase: its validation batches
+    phase = planned_phases(run.config.resize)[run.phase]
+    data.plan = Plan.make((phase,), len(data.train_index))  # the epoch's phase: its validation batches
     if data.classes != run.classes:
         raise ConfigError(
             f"data.root={cfg.root} has classes {data.classes}, the checkpoint was trained on "

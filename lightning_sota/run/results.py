@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
 
+from lightning_sota.run.layout import read_checkpoint
+
 if TYPE_CHECKING:
     from lightning_sota.run.build import Run
 
@@ -71,7 +73,29 @@ def summarize(cfg: DictConfig, run: Run, train_seconds: float, test_seconds: flo
         "normalize": run.module.normalize.stats(),
         "dataset": dataset,
         "provenance": run.provenance,
+        "best_checkpoint": best_kept(run),
         **({"compile": {"mode": compiled, "graphs": compiled_graphs()}} if compiled else {}),
+    }
+
+
+def best_kept(run: Run) -> dict | None:
+    """The best epoch checkpoint.save_top_k kept: its file (in the run folder), epoch, size and
+    the metric it was chosen on, with what that metric measured (``chosen_on``: a val_* choice
+    makes val_acc a selected, optimistic figure); None when the run keeps only last.ckpt."""
+    chooser = next((c for c in run.trainer.checkpoint_callbacks if c.monitor), None)
+    if chooser is None or not chooser.best_model_path:
+        return None
+    meta = read_checkpoint(Path(chooser.best_model_path))["lightning_sota"]
+    monitor = meta["selection"]["monitor"]
+    return {
+        "file": str(Path(chooser.best_model_path).relative_to(run.trainer.default_root_dir)),
+        "epoch": meta["epoch"],
+        "size": meta["size"],
+        "monitor": monitor,
+        "mode": meta["selection"]["mode"],
+        "value": meta["selection"]["value"],
+        "chosen_on": "holdout" if monitor.startswith("holdout") else monitor.split("_")[0],
+        "kept": len(chooser.best_k_models),
     }
 
 

@@ -19,7 +19,7 @@ import time
 
 from omegaconf import OmegaConf
 
-from lightning_sota.cli import one_line_errors
+from lightning_sota.cli import checkpoint_choice, one_line_errors
 from lightning_sota.errors import ConfigError
 from lightning_sota.files import write_json
 from lightning_sota.report.interpret import predictions, scores
@@ -27,8 +27,10 @@ from lightning_sota.run import layout
 from lightning_sota.run.checkpoint import FREE, restore, scoring_data
 
 
-def evaluate(target: str, overrides: list[str], tta: bool = False, split: str = "val") -> dict:
-    run = restore(target, "evaluate", overrides)
+def evaluate(
+    target: str, overrides: list[str], tta: bool = False, split: str = "val", which: str = "last"
+) -> dict:
+    run = restore(target, "evaluate", overrides, which=which)
     data = scoring_data(run, split)
     # train is not offered: its loader shuffles and drops the last partial batch
     if split not in ("val", "holdout") or (split == "holdout" and not len(data.holdout_index)):
@@ -49,6 +51,7 @@ def evaluate(target: str, overrides: list[str], tta: bool = False, split: str = 
         "split": split,
         "images": len(labels),
         "data_root": str(data.root),
+        "epoch": run.epoch,
         "size": run.size,
         "precision": str(trainer.precision),
         "accuracy": round((logits.argmax(1) == labels).float().mean().item(), 5),
@@ -66,12 +69,13 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("run", help="a run folder or a checkpoint file")
+    checkpoint_choice(parser)
     parser.add_argument("overrides", nargs="*", help=f"key=value, for {', '.join(FREE['evaluate'])}")
     parser.add_argument("--tta", action="store_true", help="also fastai TTA (the run's tta config)")
     parser.add_argument("--split", default="val", help="val (default) or holdout")
     args = parser.parse_intermixed_args(argv)
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
-    result = evaluate(args.run, args.overrides, args.tta, args.split)
+    result = evaluate(args.run, args.overrides, args.tta, args.split, args.checkpoint)
     print(OmegaConf.to_yaml(result).strip())
     return 0
 

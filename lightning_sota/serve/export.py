@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from lightning_sota.augment.augment import BatchAugment
-from lightning_sota.cli import one_line_errors
+from lightning_sota.cli import checkpoint_choice, one_line_errors
 from lightning_sota.errors import ConfigError
 from lightning_sota.files import staged, write_json
 from lightning_sota.models.xresnet import se_base
@@ -46,10 +46,10 @@ class Classifier(nn.Module):
         return self.model(self.normalize(image)).softmax(1)
 
 
-def export_onnx(target: str | Path, out: str | Path) -> dict:
+def export_onnx(target: str | Path, out: str | Path, which: str = "last") -> dict:
     """Write ``out`` (ONNX) and ``out`` with ``.json`` (classes, size, normalization); returns the latter."""
     # fp32 weights on the CPU, traced without autocast: the graph computes in float32
-    run = restore(target, "export", ["trainer.accelerator=cpu", "trainer.precision=32-true"])
+    run = restore(target, "export", ["trainer.accelerator=cpu", "trainer.precision=32-true"], which=which)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     net = Classifier(run).eval()
@@ -114,11 +114,11 @@ def timm_view(augment: BatchAugment) -> dict:
     }
 
 
-def timm_model(target: str | Path) -> tuple[nn.Module, dict, Restored]:
+def timm_model(target: str | Path, which: str = "last") -> tuple[nn.Module, dict, Restored]:
     """The run's network as timm rebuilds it, what timm's ``save_for_hf`` / ``push_to_hf_hub``
     record with it (the label names and the preprocessing: mean/std, input size, centre crop),
     and the restored run (for its model card)."""
-    run = restore(target, "export", ["trainer.accelerator=cpu", "trainer.precision=32-true"])
+    run = restore(target, "export", ["trainer.accelerator=cpu", "trainer.precision=32-true"], which=which)
     model = run.module.model.eval()
     unknown = beyond_timm(run.config.model)
     if unknown:
@@ -144,14 +144,14 @@ def timm_model(target: str | Path) -> tuple[nn.Module, dict, Restored]:
     return model, shared, run
 
 
-def export_timm(target: str | Path, out: str | Path) -> dict:
+def export_timm(target: str | Path, out: str | Path, which: str = "last") -> dict:
     """Write ``out`` as timm's Hugging Face folder with timm's own ``save_for_hf`` (config.json and
     safetensors weights) and its model card, README.md (serve/model_card.py):
     ``timm.create_model("local-dir:<out>", pretrained=True)`` rebuilds the model. Returns the data
     config recorded."""
     import timm
 
-    model, shared, run = timm_model(target)
+    model, shared, run = timm_model(target, which)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with staged(out) as stage:
@@ -161,13 +161,13 @@ def export_timm(target: str | Path, out: str | Path) -> dict:
     return shared["data_config"]
 
 
-def push_timm(target: str | Path, repo: str) -> None:
+def push_timm(target: str | Path, repo: str, which: str = "last") -> None:
     """Upload the run as ``export_timm`` writes it to the Hugging Face Hub repository ``repo``
     (timm's ``push_to_hf_hub``; huggingface_hub's login or HF_TOKEN), then the same model card
     as README.md: timm writes a generic one of its own where the repository has none."""
     import timm
 
-    model, shared, run = timm_model(target)
+    model, shared, run = timm_model(target, which)
     try:
         timm.models.push_to_hf_hub(model, repo, **shared)
         model_card(run, repo).push_to_hub(repo, commit_message="lightning-sota's model card")
@@ -180,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("checkpoint", help="a checkpoint file or a run folder")
+    parser.add_argument("target", help="a checkpoint file or a run folder")
+    checkpoint_choice(parser)
     written = parser.add_mutually_exclusive_group(required=True)
     written.add_argument("--onnx", help="the .onnx file to write")
     written.add_argument("--timm", help="a folder to write timm's Hugging Face layout into")
@@ -189,14 +190,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.push_to_hub:
-        push_timm(args.checkpoint, args.push_to_hub)
+        push_timm(args.target, args.push_to_hub, args.checkpoint)
         print(f'uploaded: timm.create_model("hf-hub:{args.push_to_hub}", pretrained=True) loads it')
         return 0
     if args.timm:
-        export_timm(args.checkpoint, args.timm)
+        export_timm(args.target, args.timm, args.checkpoint)
         print(f'{args.timm}: timm.create_model("local-dir:{args.timm}", pretrained=True) loads it')
         return 0
-    meta = export_onnx(args.checkpoint, args.onnx)
+    meta = export_onnx(args.target, args.onnx, args.checkpoint)
     size = meta["input"]["shape"][2]
     print(
         f"{meta['onnx']}: {meta['bytes'] / 1e6:.1f} MB; input image [batch, 3, {size}, {size}] in [0, 1], "

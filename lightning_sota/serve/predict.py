@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_sota.cli import one_line_errors
+from lightning_sota.cli import checkpoint_choice, one_line_errors
 from lightning_sota.data.cache import load_image, place, stored_shape, upright_size
 from lightning_sota.data.folders import IMAGE_SUFFIXES
 from lightning_sota.locks import usable_cpus
@@ -116,10 +116,11 @@ class Predictor:
         accelerator: str | None = None,
         precision: str | None = None,
         tune_process: bool = False,
+        which: str = "last",
     ) -> None:
         chosen = {"accelerator": accelerator, "precision": precision}
         overrides = [f"trainer.{k}={v}" for k, v in chosen.items() if v]
-        self.run = restore(checkpoint, "predict", overrides, tune_process)
+        self.run = restore(checkpoint, "predict", overrides, tune_process, which)
         self.classes, self.size = self.run.classes, self.run.size
         self.device = self.run.trainer.strategy.root_device
         self.autocast = self.run.trainer.precision_plugin.val_step_context
@@ -191,10 +192,13 @@ class Predictor:
         return self.module.prepare(batch, train=False)[0].float().cpu()
 
 
-def load_run(run: str | Path, accelerator: str | None = None, precision: str | None = None) -> Predictor:
+def load_run(
+    run: str | Path, accelerator: str | None = None, precision: str | None = None, checkpoint: str = "last"
+) -> Predictor:
     """A trained run (its folder or a checkpoint) to classify with, as fastai's load_learner:
-    ``load_run(folder).predict("photo.jpg")`` -> (label, probabilities)."""
-    return Predictor(run, accelerator, precision)
+    ``load_run(folder).predict("photo.jpg")`` -> (label, probabilities). ``checkpoint="best"``:
+    the best epoch the run kept (checkpoint.save_top_k) instead of its last."""
+    return Predictor(run, accelerator, precision, which=checkpoint)
 
 
 def image_paths(paths: list[str]) -> list[Path]:
@@ -212,8 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("checkpoint", help="a checkpoint file or a run folder")
+    parser.add_argument("target", help="a checkpoint file or a run folder")
     parser.add_argument("paths", nargs="+", help="image files or folders")
+    checkpoint_choice(parser)
     parser.add_argument("--tta", action="store_true", help="the run's TTA (fastai's: 4 passes + centre)")
     parser.add_argument("--topk", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -221,7 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--accelerator", default=None, help="cpu, gpu, ... (default: the run's, auto)")
     parser.add_argument("--precision", default=None, help="32-true, bf16-mixed, ... (default: the run's)")
     args = parser.parse_args(argv)
-    predictor = Predictor(args.checkpoint, args.accelerator, args.precision, tune_process=True)
+    predictor = Predictor(
+        args.target, args.accelerator, args.precision, tune_process=True, which=args.checkpoint
+    )
     paths = image_paths(args.paths)
     failed, start = 0, time.perf_counter()
     for path, probs in predictor.predict_files(paths, args.tta, args.batch_size, args.workers):

@@ -15,7 +15,7 @@ from lightning_sota.augment.augment import BatchAugment
 from lightning_sota.augment.mix import mixed_loss
 from lightning_sota.augment.normalize import Normalize
 from lightning_sota.errors import NonFiniteLossError
-from lightning_sota.run.plan import Plan
+from lightning_sota.run.plan import Plan, phase_index
 
 
 def step_seed(seed: int, rank: int, epoch: int, batch: int) -> int:
@@ -56,8 +56,9 @@ class ImageClassifier(pl.LightningModule):
         self.channels_last = channels_last
         self.cpu_tuning: dict[str, bool] = {}  # the CPU speed-ups build_module applied (cpu/)
         self.plan: Plan | None = None  # handed by build_run: a training run's only
-        self.serving: dict = {}  # the data's final size, presize and max_aspect (DataModule.serving)
+        self.serving: dict = {}  # by size: its presize and max_aspect (DataModule.serving)
         self.provenance: dict = {}  # what made the run (run/provenance.py), handed by build_run
+        self.selection: dict = {}  # the monitor and mode best checkpoints are chosen by (selection.py)
         self._loss_sum: Tensor | None = None  # the epoch's training loss times its images
         self._loss_images = 0
         self._epoch_seeds: tuple[tuple[int, int] | None, list[int]] = (None, [])  # see seed_draws
@@ -224,11 +225,28 @@ class ImageClassifier(pl.LightningModule):
         self.settle_finite()  # never save weights stepped from a non-finite loss
         checkpoint["lightning_sota"] = {
             "classes": list(self.classes),
-            **self.serving,
+            **self.epoch_view(),
             "normalize": self.normalize.stats(),
             "model": self.config.get("model", {}),
             "config": self.config,
             "provenance": self.provenance,
+        }
+
+    def epoch_view(self) -> dict:
+        """The checkpoint's epoch, its phase and the size (presize, max_aspect) it validated at,
+        so re-scoring it sees images as that validation did, and the value of the metric a best
+        checkpoint is chosen on (training/selection.py) with its mode."""
+        if self.plan is None:  # a module not built for training (tests, benchmarks)
+            return {}
+        epoch = self.current_epoch
+        phase = phase_index(self.plan.phases, epoch)
+        metric = self.selection.get("monitor")
+        value = self.trainer.callback_metrics.get(metric) if self._trainer is not None and metric else None
+        return {
+            **self.serving[self.plan.phases[phase].size],
+            "epoch": epoch,
+            "phase": phase,
+            "selection": {**self.selection, "epoch": epoch, "value": None if value is None else float(value)},
         }
 
     def configure_optimizers(self) -> dict:
