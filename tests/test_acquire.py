@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
 import http.server
@@ -17,6 +18,7 @@ import pytest
 
 from lightning_sota.data import acquire
 from lightning_sota.data.acquire import resolve_root
+from lightning_sota.data.datamodule import ImagenetteDataModule
 from lightning_sota.errors import DataError
 
 from .conftest import ROOT, make_folder
@@ -45,7 +47,9 @@ def test_download_verify_and_extract(tmp_path, server, monkeypatch):
     www, url = server
     src = make_folder(tmp_path / "src", train=2, val=1)
     md5 = make_tgz(www / "imagenette2-160.tgz", src, "imagenette2-160")
-    monkeypatch.setitem(acquire.ARCHIVES, "160px", ("imagenette2-160.tgz", md5))
+    monkeypatch.setitem(
+        acquire.ARCHIVES["imagenette"], "160px", ("imagenette2-160.tgz", acquire.Check(md5=md5))
+    )
 
     data = tmp_path / "data"
     root = resolve_root(data, "160px", download=True, base_url=url)
@@ -63,7 +67,7 @@ def test_download_verify_and_extract(tmp_path, server, monkeypatch):
 FETCH = """
 import sys
 from lightning_sota.data import acquire
-acquire.ARCHIVES["160px"] = ("imagenette2-160.tgz", sys.argv[3])
+acquire.ARCHIVES["imagenette"]["160px"] = ("imagenette2-160.tgz", acquire.Check(md5=sys.argv[3]))
 print(acquire.resolve_root(sys.argv[1], "160px", download=True, base_url=sys.argv[2]))
 """
 
@@ -106,7 +110,9 @@ def test_two_processes_download_once(tmp_path):
 def test_md5_mismatch_leaves_nothing(tmp_path, server, monkeypatch):
     www, url = server
     make_tgz(www / "imagenette2-160.tgz", make_folder(tmp_path / "src", train=1, val=1), "x")
-    monkeypatch.setitem(acquire.ARCHIVES, "160px", ("imagenette2-160.tgz", "0" * 32))
+    monkeypatch.setitem(
+        acquire.ARCHIVES["imagenette"], "160px", ("imagenette2-160.tgz", acquire.Check(md5="0" * 32))
+    )
     data = tmp_path / "data"
     with pytest.raises(DataError, match="MD5 mismatch.*deleted.*run again"):
         resolve_root(data, "160px", download=True, base_url=url)
@@ -146,3 +152,90 @@ def test_missing_root_without_download_says_what_to_do(tmp_path):
 
 def test_existing_folder_is_used_as_is(image_folder):
     assert resolve_root(image_folder, "160px", download=False) == image_folder
+
+
+def head_check(path: Path) -> acquire.Check:
+    """fastai's check of ``path``: its size and the MD5 of its first MiB."""
+    return acquire.Check(
+        size=path.stat().st_size, head_md5=hashlib.md5(path.read_bytes()[: 1 << 20]).hexdigest()
+    )
+
+
+def test_imagewoof_is_checked_by_size_and_first_mib(tmp_path, server, monkeypatch):
+    """data.dataset=imagewoof downloads imagewoof2-<variant>.tgz, checked as fastai publishes
+    its checks (the size and the first MiB's MD5); a wrong size is refused and leaves nothing."""
+    www, url = server
+    src = make_folder(tmp_path / "src", train=2, val=1)
+    make_tgz(www / "imagewoof2-160.tgz", src, "imagewoof2-160")
+    good = head_check(www / "imagewoof2-160.tgz")
+    wrong = acquire.Check(size=good.size + 1, head_md5=good.head_md5)
+    monkeypatch.setitem(acquire.ARCHIVES["imagewoof"], "160px", ("imagewoof2-160.tgz", wrong))
+    with pytest.raises(DataError, match=r"^size mismatch: expected \d+ bytes, got \d+ for http.*deleted"):
+        resolve_root(tmp_path / "data", "160px", download=True, base_url=url, dataset="imagewoof")
+    assert not (tmp_path / "data").exists()
+    monkeypatch.setitem(acquire.ARCHIVES["imagewoof"], "160px", ("imagewoof2-160.tgz", good))
+    root = resolve_root(tmp_path / "data", "160px", download=True, base_url=url, dataset="imagewoof")
+    assert root == tmp_path / "data" / "imagewoof2-160" and (root / "train" / "cats").is_dir()
+
+
+def test_imagewoof_checks_are_fastais_own():
+    """Which check each archive gets: torchvision's whole-file MD5 for Imagenette; for Imagewoof,
+    fastai's size and first-MiB MD5, as its download_checks.py (the bench extra) publishes them."""
+    data = pytest.importorskip("fastai.data")
+    checks = ast.literal_eval(
+        Path(data.__file__).with_name("download_checks.py").read_text()
+    )  # as fastdownload reads it
+    for archive, check in acquire.ARCHIVES["imagewoof"].values():
+        assert (check.size, check.head_md5) == tuple(
+            checks[f"{acquire.BASE_URL}/{archive}"]
+        ) and not check.md5
+    assert all(check.md5 and check.size is None for _, check in acquire.ARCHIVES["imagenette"].values())
+
+
+def noisy_archive(tmp_path: Path, www: Path) -> dict[str, str]:
+    """imagenette2-160.tgz with noisy_imagenette.csv as the real archive has it (path, the
+    noisy_labels_<p> columns, is_valid): at 25%, every training 'cats' image labelled 'dogs'.
+    Returns the 25% column by path."""
+    src = make_folder(tmp_path / "src", train=4, val=2)
+    rows, noisy = [], {}
+    for split in ("train", "val"):
+        for file in sorted((src / split).rglob("*.jpg")):
+            path, wnid = file.relative_to(src).as_posix(), file.parent.name
+            flipped = "dogs" if split == "train" and wnid == "cats" else wnid
+            noisy[path] = flipped
+            rows.append(f"{path},{wnid},{wnid},{wnid},{flipped},{wnid},{split == 'val'}")
+    header = "path,noisy_labels_0,noisy_labels_1,noisy_labels_5,noisy_labels_25,noisy_labels_50,is_valid"
+    (src / "noisy_imagenette.csv").write_text("\n".join([header, *rows]) + "\n")
+    make_tgz(www / "imagenette2-160.tgz", src, "imagenette2-160")
+    return noisy
+
+
+def test_noisy_labels_train_on_the_archives_table_and_validate_clean(tmp_path, server, monkeypatch):
+    """data.labels=noisy_25 from a downloaded archive's noisy_imagenette.csv: the training labels
+    are the table's, the validation labels the folders'; results.json says which."""
+    www, url = server
+    noisy = noisy_archive(tmp_path, www)
+    monkeypatch.setitem(acquire.ARCHIVES["imagenette"], "160px", ("imagenette2-160.tgz", None))
+    data = ImagenetteDataModule(str(tmp_path / "data"), sizes=[32], base_url=url, labels="noisy_25",
+                                cache_dir=str(tmp_path / "cache"), cache_workers=1)  # fmt: skip
+    data.setup("fit")
+    root = tmp_path / "data" / "imagenette2-160"
+    got = {
+        f.relative_to(root).as_posix(): data.wnids[label]
+        for f, label in zip(data.train_files, data.train_labels, strict=True)
+    }
+    assert got == {p: w for p, w in noisy.items() if p.startswith("train/")} and "dogs" in got.values()
+    assert [data.wnids[label] for label in data.val_labels] == [f.parent.name for f in data.val_files]
+    assert sum(w == "cats" for w in got.values()) == 0 and data.summary()["labels"] == "noisy_25"
+
+
+def test_noisy_labels_without_the_table_are_refused_in_one_line(tmp_path, server, monkeypatch):
+    www, url = server
+    make_tgz(www / "imagenette2-160.tgz", make_folder(tmp_path / "src", train=2, val=1), "imagenette2-160")
+    monkeypatch.setitem(acquire.ARCHIVES["imagenette"], "160px", ("imagenette2-160.tgz", None))
+    data = ImagenetteDataModule(str(tmp_path / "data"), sizes=[32], base_url=url, labels="noisy_5",
+                                cache_dir=str(tmp_path / "cache"))  # fmt: skip
+    with pytest.raises(
+        DataError, match=r"^data.labels=noisy_5: .* has no noisy_imagenette.csv .*data.labels=clean"
+    ):
+        data.setup("fit")

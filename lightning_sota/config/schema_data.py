@@ -20,6 +20,8 @@ from lightning_sota.config.fields import (
 from lightning_sota.config.rules import at_least, each, passes, rule
 
 Variant = choice("Variant", "160px", "320px", "full")
+Dataset = choice("Dataset", "imagenette", "imagewoof")  # data/acquire.py's ARCHIVES
+Labels = choice("Labels", "clean", "noisy_1", "noisy_5", "noisy_25", "noisy_50")  # folders.noisy_labels
 Pool = choice("Pool", "avg", "max", "max_blur")
 Interpolation = choice("Interpolation", "bilinear", "nearest", "bicubic")
 PadMode = choice("PadMode", "reflection", "border")
@@ -49,6 +51,8 @@ class Phase:
 class DataConf:
     _target_: str = MISSING
     root: str = MISSING
+    dataset: Dataset = MISSING
+    labels: Labels = MISSING
     variant: Variant = MISSING
     download: bool = MISSING
     base_url: str | None = MISSING

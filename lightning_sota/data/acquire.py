@@ -11,6 +11,7 @@ import hashlib
 import http.client
 import tarfile
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
@@ -19,12 +20,41 @@ from lightning_sota.errors import DataError
 from lightning_sota.files import staged
 from lightning_sota.locks import exclusive
 
-# torchvision's Imagenette archives (torchvision.datasets.Imagenette._ARCHIVES).
+
+@dataclass(frozen=True)
+class Check:
+    """How a downloaded archive is verified: its whole MD5 (torchvision's checksums for
+    Imagenette), or its size and the MD5 of its first MiB (fastai's download_checks.py, the only
+    checksums fast.ai publishes for Imagewoof)."""
+
+    md5: str | None = None
+    size: int | None = None
+    head_md5: str | None = None
+
+    def problem(self, path: Path) -> str | None:
+        """What is wrong with ``path``, or None."""
+        if self.md5 is not None and (got := md5sum(path)) != self.md5:
+            return f"MD5 mismatch: expected {self.md5}, got {got}"
+        if self.size is not None and (got := path.stat().st_size) != self.size:
+            return f"size mismatch: expected {self.size} bytes, got {got}"
+        if self.head_md5 is not None and (got := md5sum(path, limit=1 << 20)) != self.head_md5:
+            return f"MD5 mismatch of the first MiB: expected {self.head_md5}, got {got}"
+        return None
+
+
 BASE_URL = "https://s3.amazonaws.com/fast-ai-imageclas"
-ARCHIVES: dict[str, tuple[str, str]] = {
-    "full": ("imagenette2.tgz", "fe2fc210e6bb7c5664d602c3cd71e612"),
-    "320px": ("imagenette2-320.tgz", "3df6f0d01a2c9592104656642f5e78a3"),
-    "160px": ("imagenette2-160.tgz", "e793b78cc4c9e9a4ccc0c1155377a412"),
+# data.dataset -> data.variant -> (archive, its check); each extracts to a folder of its name
+ARCHIVES: dict[str, dict[str, tuple[str, Check]]] = {
+    "imagenette": {  # torchvision.datasets.Imagenette._ARCHIVES
+        "full": ("imagenette2.tgz", Check(md5="fe2fc210e6bb7c5664d602c3cd71e612")),
+        "320px": ("imagenette2-320.tgz", Check(md5="3df6f0d01a2c9592104656642f5e78a3")),
+        "160px": ("imagenette2-160.tgz", Check(md5="e793b78cc4c9e9a4ccc0c1155377a412")),
+    },
+    "imagewoof": {  # fastai 2.8's fastai/data/download_checks.py
+        "full": ("imagewoof2.tgz", Check(size=1343715595, head_md5="2cc1c1e36e20cb6fd24ffb978edcb487")),
+        "320px": ("imagewoof2-320.tgz", Check(size=328387740, head_md5="7a1fd92672a559a85de76e4810a20c21")),
+        "160px": ("imagewoof2-160.tgz", Check(size=92612825, head_md5="3559b194123981a540b87132dbda412f")),
+    },
 }
 
 
@@ -41,16 +71,18 @@ def has_splits(folder: Path) -> bool:
 
 
 def resolve_root(
-    root: str | Path, variant: str = "160px", download: bool = True, base_url: str = BASE_URL
+    root: str | Path,
+    variant: str = "160px",
+    download: bool = True,
+    base_url: str = BASE_URL,
+    dataset: str = "imagenette",
 ) -> Path:
     """Return the folder holding ``train/`` and ``val/`` (or ``valid/``): ``root`` itself, the
     archive's folder inside it (``root/imagenette2-160``), or that folder freshly downloaded."""
     root = Path(root).expanduser().resolve()
     if has_splits(root):
         return root
-    if variant not in ARCHIVES:
-        raise DataError(f"unknown data.variant={variant!r}: choose one of {sorted(ARCHIVES)}")
-    archive, md5 = ARCHIVES[variant]
+    archive, check = ARCHIVES[dataset][variant]  # both checked by the config's schema
     target = root / archive.removesuffix(".tgz")
     if has_splits(target):
         return target
@@ -65,7 +97,7 @@ def resolve_root(
     try:
         with exclusive(lock, archive):
             if not has_splits(target):  # else the process we waited for fetched it
-                path = download_file(f"{base_url.rstrip('/')}/{archive}", root / archive, md5)
+                path = download_file(f"{base_url.rstrip('/')}/{archive}", root / archive, check)
                 extract_archive(path, target)
                 path.unlink()
     except DataError:
@@ -79,18 +111,20 @@ def resolve_root(
     return target
 
 
-def md5sum(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.md5()
+def md5sum(path: Path, chunk: int = 1 << 20, limit: int | None = None) -> str:
+    """The MD5 of ``path``, or of its first ``limit`` bytes."""
+    digest, left = hashlib.md5(), limit
     with open(path, "rb") as f:
-        while block := f.read(chunk):
+        while (left is None or left > 0) and (block := f.read(chunk if left is None else min(chunk, left))):
             digest.update(block)
+            left = None if left is None else left - len(block)
     return digest.hexdigest()
 
 
-def download_file(url: str, dest: Path, md5: str | None = None, timeout: float = 60.0) -> Path:
-    """Download ``url`` to ``dest`` through a temporary name; on any failure or MD5 mismatch
-    nothing is left and a DataError says what happened."""
-    if dest.exists() and (md5 is None or md5sum(dest) == md5):
+def download_file(url: str, dest: Path, check: Check | None = None, timeout: float = 60.0) -> Path:
+    """Download ``url`` to ``dest`` through a temporary name; on any failure or a file ``check``
+    refuses nothing is left and a DataError says what happened."""
+    if dest.exists() and (check is None or check.problem(dest) is None):
         return dest
     try:
         with staged(dest) as stage:
@@ -112,10 +146,10 @@ def download_file(url: str, dest: Path, md5: str | None = None, timeout: float =
                 raise DataError(
                     f"download of {url} was cut off at {got_bytes} of {total} bytes: run again to retry"
                 )
-            if md5 is not None and (got := md5sum(stage.path)) != md5:
+            if check is not None and (problem := check.problem(stage.path)):
                 raise DataError(
-                    f"MD5 mismatch for {url}: expected {md5}, got {got}; the file was deleted, "
-                    "run again to retry (or check data.variant)"
+                    f"{problem} for {url}; the file was deleted, run again to retry (or check "
+                    "data.dataset and data.variant)"
                 )
     except (OSError, ValueError, http.client.HTTPException) as err:  # URLError, HTTPError: OSErrors
         raise DataError(

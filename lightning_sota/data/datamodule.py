@@ -23,7 +23,7 @@ from lightning_sota.data.batches import (
     resident_device,
 )
 from lightning_sota.data.cache import build_cache
-from lightning_sota.data.folders import IMAGENETTE_CLASSES, random_split, scan_split, stratified_split
+from lightning_sota.data.folders import CLASS_NAMES, noisy_labels, random_split, scan_split, stratified_split
 from lightning_sota.errors import DataError
 from lightning_sota.run.plan import Phase, Plan
 
@@ -62,6 +62,8 @@ class ImagenetteDataModule(pl.LightningDataModule):
         valid_pct: float = 0.0,
         split_seed: int = 42,
         score_only: bool = False,
+        dataset: str = "imagenette",
+        labels: str = "clean",
     ) -> None:
         super().__init__()
         self.root_arg = root
@@ -79,6 +81,7 @@ class ImagenetteDataModule(pl.LightningDataModule):
         # evaluate: only the split to score (val/ or valid/, or root itself as one folder of
         # class folders), no train/ needed and no training cache built
         self.score_only = score_only
+        self.dataset, self.labels = dataset, labels  # labels: clean, or a Noisy Imagenette level
         self.resident: dict[tuple[str, int], DeviceImages] = {}
         self.placed_on: torch.device | None = None  # where batches are gathered: see place()
         self.epoch = 0
@@ -118,15 +121,24 @@ class ImagenetteDataModule(pl.LightningDataModule):
             train_files, train_labels = [], np.empty(0, np.int64)
         elif self.valid_pct:
             self.root = Path(self.root_arg).expanduser().resolve()
+            if self.labels != "clean":
+                raise DataError(
+                    f"data.labels={self.labels} with data.valid_pct: the noisy labels are the imagenette2 "
+                    "and imagewoof2 archives' (train/ and val/); use data.labels=clean"
+                )
             self.wnids, (train_files, train_labels), (val_files, val_labels) = random_split(
                 self.root, self.valid_pct, self.split_seed
             )
         else:
             kwargs = {"base_url": self.base_url} if self.base_url else {}
-            self.root = resolve_root(self.root_arg, self.variant, self.download, **kwargs)
+            self.root = resolve_root(
+                self.root_arg, self.variant, self.download, dataset=self.dataset, **kwargs
+            )
             self.wnids, train_files, train_labels = scan_split(self.root / "train")
             _, val_files, val_labels = scan_split(valid_folder(self.root), self.wnids)
-        self.classes = [IMAGENETTE_CLASSES.get(w, w) for w in self.wnids]
+            if self.labels != "clean":  # the training split's only (its holdout too): val stays clean
+                train_labels = noisy_labels(self.root, self.dataset, self.labels, train_files, self.wnids)
+        self.classes = [CLASS_NAMES.get(w, w) for w in self.wnids]
 
         start = time.perf_counter()
         train_caches, val_caches = {}, {}
@@ -245,6 +257,8 @@ class ImagenetteDataModule(pl.LightningDataModule):
 
     def summary(self) -> dict:
         return {
+            "dataset": self.dataset,
+            "labels": self.labels,  # clean, or noisy_<p>: p% of the training labels changed
             "root": str(self.root),
             "train": len(self.train_index),
             "val": len(self.val_index),

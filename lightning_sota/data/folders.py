@@ -3,6 +3,7 @@ drawn from them (fastai's RandomSplitter, a stratified holdout)."""
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,47 @@ IMAGENETTE_CLASSES = {
     "n03445777": "golf ball",
     "n03888257": "parachute",
 }
+# Imagewoof's ten dog breeds, by their ImageNet synsets' names
+IMAGEWOOF_CLASSES = {
+    "n02086240": "Shih-Tzu",
+    "n02087394": "Rhodesian ridgeback",
+    "n02088364": "beagle",
+    "n02089973": "English foxhound",
+    "n02093754": "Border terrier",
+    "n02096294": "Australian terrier",
+    "n02099601": "golden retriever",
+    "n02105641": "Old English sheepdog",
+    "n02111889": "Samoyed",
+    "n02115641": "dingo",
+}
+CLASS_NAMES = {**IMAGENETTE_CLASSES, **IMAGEWOOF_CLASSES}
+
+
+def noisy_labels(root: Path, dataset: str, labels: str, files: list[Path], wnids: list[str]) -> np.ndarray:
+    """The training files' labels from the archive's ``noisy_<dataset>.csv`` (Noisy Imagenette:
+    ``noisy_labels_<p>`` for p% of the training labels changed, by path), as class indices."""
+    table = root / f"noisy_{dataset}.csv"
+    if not table.is_file():
+        raise DataError(
+            f"data.labels={labels}: {root} has no noisy_{dataset}.csv (the imagenette2 and imagewoof2 "
+            "archives carry it); use data.labels=clean, or point data.root at the archive's folder"
+        )
+    column = f"noisy_labels_{labels.removeprefix('noisy_')}"
+    with open(table, newline="") as f:
+        rows = {row["path"]: row[column] for row in csv.DictReader(f)}
+    index = {wnid: i for i, wnid in enumerate(wnids)}
+    found = []
+    for file in files:
+        wnid = rows.get(file.relative_to(root).as_posix())
+        if wnid not in index:
+            raise DataError(
+                f"data.labels={labels}: noisy_{dataset}.csv gives {file.relative_to(root)} "
+                f"{'no label' if wnid is None else 'the unknown class ' + wnid}: is it this dataset's table?"
+            )
+        found.append(index[wnid])
+    return np.asarray(found, np.int64)
+
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
 
