@@ -223,7 +223,9 @@ def test_cut_off_download_is_removed_and_a_retry_works(tmp_path, monkeypatch):
     md5 = make_tgz(
         www / "imagenette2-160.tgz", make_folder(tmp_path / "src", train=1, val=1), "imagenette2-160"
     )
-    monkeypatch.setitem(acquire.ARCHIVES, "160px", ("imagenette2-160.tgz", md5))
+    monkeypatch.setitem(
+        acquire.ARCHIVES["imagenette"], "160px", ("imagenette2-160.tgz", acquire.Check(md5=md5))
+    )
     data = tmp_path / "data"
     bad, url = serve(CutOff)
     with pytest.raises(DataError, match="could not download|cut off"):

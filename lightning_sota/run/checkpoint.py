@@ -130,8 +130,9 @@ def moved_target(target: str) -> str:
 
 
 def upgrade(cfg: DictConfig) -> DictConfig:
-    """A saved config made readable by today's code: moved ``_target_`` paths, and the plan's
-    keys where they live now (the phases and debug counts left ``data`` for ``resize``)."""
+    """A saved config made readable by today's code: moved ``_target_`` paths, the plan's keys
+    where they live now (the phases and debug counts left ``data`` for ``resize``), and the keys
+    added since with the values that behave as before."""
     if "cpu" not in cfg:  # written before lightning_sota/cpu/, which kept its switch in the model
         cfg.model.pop("small_map_gemm", None)
         cfg.cpu = {"_target_": "lightning_sota.cpu.CpuTuning.for_device", "_partial_": True}
@@ -156,6 +157,11 @@ def upgrade(cfg: DictConfig) -> DictConfig:
             cfg.resize[key] = data.pop(key)
     for key in ("budget_progressive", "sota_blur_pool"):  # sota's, now in experiment/sota.yaml
         cfg.scale.pop(key, None)
+    # keys added since, as their defaults (conf/data/imagenette.yaml, conf/checkpoint/default.yaml)
+    data.setdefault("dataset", "imagenette")
+    data.setdefault("labels", "clean")
+    if "checkpoint" not in cfg:
+        cfg.checkpoint = {"save_top_k": 0, "monitor": "auto", "mode": "max", "patience": None}
     return cfg
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lightning_sota.errors import ConfigError
 
@@ -27,8 +27,9 @@ def parallel_jobs() -> int | None:
     """hydra.launcher.n_jobs when this job runs under the joblib launcher, else None."""
     if not HydraConfig.initialized():
         return None
-    launcher = HydraConfig.get().launcher
-    return int(launcher.n_jobs) if "joblib" in str(launcher.get("_target_", "")).lower() else None
+    hydra = HydraConfig.get()  # a config set outside Hydra's launch (the tests') may have no launcher
+    target = OmegaConf.select(hydra, "launcher._target_", default="")
+    return int(hydra.launcher.n_jobs) if "joblib" in str(target).lower() else None
 
 
 @contextlib.contextmanager
