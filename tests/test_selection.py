@@ -42,6 +42,7 @@ def test_top_two_by_holdout_acc_and_best_is_rescored_exactly(tmp_path, mini):
     assert load_run(run, checkpoint="best").size == scored["size"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("averaging", [[], ["weight_averaging=ema"]], ids=["weights", "ema"])
 def test_every_kept_epoch_rescores_at_its_own_size(tmp_path, mini, averaging):
     """Every epoch kept, in both phases: evaluate on its file gives the holdout accuracy its
@@ -57,6 +58,7 @@ def test_every_kept_epoch_rescores_at_its_own_size(tmp_path, mini, averaging):
     assert {res["history"][e]["size"] for e in range(4)} == {24, 32}
 
 
+@pytest.mark.slow
 def test_early_stopping_ends_the_fit(tmp_path, mini):
     """patience=1 on the training loss with mode=max (rising loss is "better"): the loss falls,
     so the fit stops after two epochs of the four."""
