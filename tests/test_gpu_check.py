@@ -69,9 +69,7 @@ def test_gpu_check_smoke_runs_every_step_without_the_test_extras(tmp_path):
         and profile["host_ms_per_step"] > 0
         and profile["gpu_busy_percent"] is None
     )
-    assert (
-        res["sota_compiled"]["epochs"] and "model.compile=reduce-overhead" in res["sota_compiled"]["command"]
-    )
+    assert res["sota_compiled"]["skipped"] == "reduce-overhead's CUDA graphs need a GPU"
     files = list(out.iterdir())
     assert len(files) <= 8 and all(f.is_file() and f.stat().st_size < 16 * 2**20 for f in files)
     assert {f.name for f in files} == {
@@ -80,7 +78,6 @@ def test_gpu_check_smoke_runs_every_step_without_the_test_extras(tmp_path):
         "cuda_tests.txt",
         "syncs.json",
         "sota_leaderboard.json",
-        "sota_compiled.json",
     }
     assert (work / "cache").is_dir() and (work / "runs" / "sota_leaderboard" / "results.json").is_file()
     assert "| step | ok | seconds (budget) | figures |" in (out / "gpu_check.md").read_text()
