@@ -62,6 +62,7 @@ def test_seeding_draws_as_torch_manual_seed(mini, tmp_path):
     assert torch.equal(ours, torch.rand(4))
 
 
+@pytest.mark.slow
 def test_a_run_without_loggers_trains(mini, tmp_path):
     """``~logger``: no logger, and no callback that needs one (the learning rates are logged
     from the schedule's host values, when there is a logger to take them)."""

@@ -6,6 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from .test_old_checkpoint import OLD
 
 # After ``setup``, allocates and frees 256 MiB and prints how many MiB of it the process still
@@ -29,6 +31,7 @@ def held_mib(setup: str) -> int:
     return int(out.split()[-1])
 
 
+@pytest.mark.slow
 def test_load_run_leaves_the_callers_allocator_alone():
     untouched = held_mib("")
     tuned = held_mib("from lightning_sota.cpu.host_memory import reuse_freed_host_memory as r\nassert r()")

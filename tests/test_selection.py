@@ -9,6 +9,7 @@ import torch
 from lightning_sota import load_run
 from lightning_sota.config.checks import check_config
 from lightning_sota.errors import ConfigError
+from lightning_sota.run import layout
 from lightning_sota.serve.evaluate import evaluate
 
 from .conftest import config, results, train_here
@@ -66,10 +67,10 @@ def test_early_stopping_ends_the_fit(tmp_path, mini):
     assert len(res["history"]) == 2 and res["best_checkpoint"] is None
 
 
-def test_best_without_kept_checkpoints_is_refused_in_one_line(tmp_path, mini):
-    run, _ = trained(tmp_path, mini, "checkpoint.save_top_k=0")
+def test_best_without_kept_checkpoints_is_refused_in_one_line(tmp_path):
+    (tmp_path / "checkpoints").mkdir()  # a run that kept only last.ckpt
     with pytest.raises(ConfigError, match=r"no best checkpoints kept; train with checkpoint.save_top_k=2"):
-        evaluate(str(run), [], which="best")
+        layout.checkpoint_path(tmp_path, which="best")
 
 
 @pytest.mark.parametrize(
