@@ -31,11 +31,10 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from throughput import built
 
 from lightning_sota.config.compose import compose_config
-from lightning_sota.run.build import build_module, build_run, cpu_tuning
-from lightning_sota.run.plan import prepared_data
-from lightning_sota.training.module import ImageClassifier
+from lightning_sota.run.build import build_run
 from lightning_sota.training.step_ops import OpLog, changing
 
 CPU = torch.device("cpu")
@@ -87,13 +86,12 @@ def optimizer_host_ms(cfg, steps: int = 40) -> float:
     (its number of dimensions kept: weight decay goes by it): each op still dispatched and
     run, its kernel's own work nearly nothing, so the time is the host's (Python, dispatch,
     per-op costs) as on a GPU, where the kernels run apart. Lookahead's k-th steps left out."""
-    data, plan = prepared_data(cfg)
-    module: ImageClassifier = build_module(cfg, data.classes, cpu_tuning(cfg, CPU))
+    data, module = built(cfg, CPU)
     for p in module.model.parameters():
         p.data = torch.zeros((1,) * p.ndim)
         p.grad = torch.full_like(p.data, 1e-3)
     optimizer = module.optimizer_factory(module.model)
-    schedule = module.schedule_factory(optimizer, plan.optimizer_steps())
+    schedule = module.schedule_factory(optimizer, module.plan.optimizer_steps())
     times = []
     for _ in range(steps + 10):
         start = time.perf_counter()
@@ -123,10 +121,7 @@ def manual_steps(
     of the steps from ``oplog_from`` on, by kind: "first" (an epoch's first step: it also builds
     the loader), "lookahead" (Lookahead's k-th step) and "plain". On ``device`` (the GPU check's
     profile: benchmarks/gpu_check.py); ``after(step)`` is called after each step."""
-    data, plan = prepared_data(cfg)
-    data.place(device, upload=True)
-    module: ImageClassifier = build_module(cfg, data.classes, cpu_tuning(cfg, device)).to(device)
-    module.plan, module.serving = plan, data.serving()
+    data, module = built(cfg, device)
     configured = module.configure_optimizers()
     optimizer, schedule = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
     bf16 = "bf16" in str(cfg.trainer.precision)
@@ -145,9 +140,10 @@ def manual_steps(
         with log:
             with sections.timed("gather"):
                 batch = next(batches, None)
-                if first := batch is None:
+                if first := batch is None:  # a new epoch, as Lightning's loop starts one
                     batches = iter(data.train_dataloader())
                     batch = next(batches)
+                    module.on_train_epoch_start()
             with sections.timed("seeding"):
                 module.on_train_batch_start(batch, step)
             with (

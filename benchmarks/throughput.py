@@ -21,6 +21,7 @@ import os
 import time
 
 import torch
+from omegaconf import DictConfig
 
 from lightning_sota.config.compose import compose_config
 from lightning_sota.data.datamodule import ImagenetteDataModule
@@ -48,6 +49,11 @@ def pipeline(
     phase = ["resize=fixed", f"scale.size={size}", f"scale.batch_size={bs}", "scale.epochs=1"]
     # ~logger: its paths are a Hydra run's, and nothing is logged here
     cfg = compose_config([f"data.root={root}", "data.download=false", "~logger", *where, *phase, *overrides])
+    return built(cfg, device)
+
+
+def built(cfg: DictConfig, device: torch.device) -> tuple[ImagenetteDataModule, ImageClassifier]:
+    """The data of ``cfg`` (set up, placed for ``device``) and the module a run builds, on ``device``."""
     data, plan = prepared_data(cfg)
     data.place(device, upload=True)
     module = build_module(cfg, data.classes, cpu_tuning(cfg, device))

@@ -36,6 +36,7 @@ def test_a_training_step_takes_no_host_number_that_changes(overrides, mini, tmp_
     configured = module.configure_optimizers()
     optimizer, schedule = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
     batches = iter(data.train_dataloader())
+    module.on_train_epoch_start()  # as Lightning's loop starts the epoch
     logs = []
     for step in range(9):  # steps 8 and 9: past RAdam's five, before Lookahead's 12th
         log = OpLog()

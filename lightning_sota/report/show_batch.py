@@ -75,7 +75,7 @@ class ShowBatch(pl.Callback):
 
     def __init__(self, path: Path, n: int = 9) -> None:
         self.path, self.n = Path(path), n
-        self.held: tuple[Tensor, Tensor, str] | None = None
+        self.held: tuple[Tensor, Tensor, list[str], str] | None = None
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx
@@ -87,15 +87,15 @@ class ShowBatch(pl.Callback):
             pl_module.seed_draws(batch_idx)
             images = pl_module.augment(batch, train=True)
         name = pl_module.config.get("name", "run")
-        self.held = (images, batch["label"], f"{name}: first training batch, {int(batch['size'])} px")
-        self.classes = pl_module.classes
+        title = f"{name}: first training batch, {int(batch['size'])} px"
+        self.held = (images, batch["label"], pl_module.classes, title)
 
     def draw(self) -> Path | None:
         """The held batch's picture, if the fit held one."""
         if self.held is None:
             return None
-        (images, labels, title), self.held = self.held, None
-        return save_grid(images.cpu(), [self.classes[i] for i in labels.tolist()], self.path, title, self.n)
+        (images, labels, classes, title), self.held = self.held, None
+        return save_grid(images.cpu(), [classes[i] for i in labels.tolist()], self.path, title, self.n)
 
 
 def first_batch(overrides: list[str], valid: bool) -> tuple[Tensor, list[str], str]:

@@ -7,9 +7,7 @@ joblib reuses its worker processes, so a job is placed by Lightning's device ind
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_sota.errors import ConfigError
+from lightning_sota.locks import first_free
 
 log = logging.getLogger(__name__)
 SLOTS = Path("outputs/.gpu-slots")  # relative to where the jobs run, as the run folders are
@@ -32,30 +31,11 @@ def parallel_jobs() -> int | None:
     return int(hydra.launcher.n_jobs) if "joblib" in str(target).lower() else None
 
 
-@contextlib.contextmanager
-def claimed(gpus: int, folder: Path = SLOTS) -> Iterator[int]:
-    """A free GPU slot of ``gpus``, held for the block. All held (another sweep shares the
-    machine and the working folder): waits for one."""
+def claimed(gpus: int, folder: Path = SLOTS) -> contextlib.AbstractContextManager[int]:
+    """A free GPU slot of ``gpus``, held for the block (locks.first_free); all held, as when
+    another sweep shares the machine and the working folder: waits for one."""
     folder.mkdir(parents=True, exist_ok=True)
-    waited = False
-    while True:
-        for index in range(gpus):
-            handle = open(folder / f"gpu{index}.lock", "a")  # noqa: SIM115 (held beyond the loop)
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.close()
-                continue
-            try:
-                yield index
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-                handle.close()
-            return
-        if not waited:
-            log.info("every GPU slot in %s is held: waiting for one", folder)
-            waited = True
-        time.sleep(0.5)
+    return first_free([folder / f"gpu{index}.lock" for index in range(gpus)], "GPU slot")
 
 
 @contextlib.contextmanager

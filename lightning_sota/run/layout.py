@@ -44,10 +44,7 @@ def best_checkpoint(run_dir: Path) -> Path:
     """The best of the run's kept epochs, by the value and mode each file records."""
     found = []
     for path in sorted((run_dir / CHECKPOINTS).glob(f"{BEST}-*.ckpt")):
-        # mmap: the metadata without reading the weights
-        chosen = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["lightning_sota"][
-            "selection"
-        ]
+        chosen = read_checkpoint(path)["lightning_sota"]["selection"]
         sign = 1 if chosen["mode"] == "max" else -1
         found.append((sign * chosen["value"], -chosen["epoch"], path))  # a tie: the earlier epoch
     if not found:
@@ -60,7 +57,8 @@ def best_checkpoint(run_dir: Path) -> Path:
 def read_checkpoint(path: Path) -> dict:
     """A lightning-sota checkpoint's contents (weights only: no pickled code runs)."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        # mmap: tensors are read when used, so a look at the metadata reads no weights
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # truncated, not a torch file, or a pickle we refuse to run
         raise ConfigError(
             f"{path} cannot be read as a checkpoint ({err}); give a run's {CHECKPOINTS}/{LAST}.ckpt"

@@ -140,7 +140,7 @@ class LearningRates(pl.Callback):
             return
         schedule = trainer.lr_scheduler_configs[0].scheduler
         lrs = getattr(schedule, "host_lrs", None) or [float(lr) for lr in schedule.get_last_lr()]
-        name = "lr-" + type(schedule.optimizer).__name__.removeprefix("Foreach")  # optim.ForeachLookahead
+        name = "lr-" + type(schedule.optimizer).__name__
         metrics = {f"{name}/pg{i + 1}" if len(lrs) > 1 else name: lr for i, lr in enumerate(lrs)}
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.fit_loop.epoch_loop._batches_that_stepped)
@@ -148,8 +148,8 @@ class LearningRates(pl.Callback):
 
 class SparseOnGpu:
     """A progress bar refreshed at every step on a CPU (a step takes a second) and every
-    ``GPU_REFRESH`` steps on a GPU, where a step takes milliseconds and each refresh about
-    0.4 ms of host time (benchmarks/host_overhead.py)."""
+    ``GPU_REFRESH`` steps on a GPU, where a step takes milliseconds and each refresh is host
+    time the step waits for (benchmarks/RESULTS.md, "Host cost of a training step")."""
 
     GPU_REFRESH = 25
     on_gpu = False

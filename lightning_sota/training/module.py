@@ -91,8 +91,8 @@ class ImageClassifier(pl.LightningModule):
         checkpoint (a saved CUDA state belongs to one device set, and breaks on fewer GPUs).
         Only the generators a step draws from are seeded, the host's and this device's, as
         torch.manual_seed seeds them (the same draws): that one also seeds every other backend
-        and device, 0.15 ms a step. A captured CUDA graph reads the device generator's seed at
-        each replay."""
+        and device (benchmarks/RESULTS.md, "Host cost of a training step"). A captured CUDA
+        graph reads the device generator's seed at each replay."""
         key = (self.global_rank, self.current_epoch)
         if self._epoch_seeds[0] != key:
             self._make_epoch_seeds(key)
@@ -100,7 +100,8 @@ class ImageClassifier(pl.LightningModule):
         self._seed(seeds[batch_idx] if batch_idx < len(seeds) else step_seed(self.seed, *key, batch_idx))
 
     def _make_epoch_seeds(self, key: tuple[int, int]) -> None:
-        """The epoch's seeds (10-20 us each), and the generators to seed, made once an epoch."""
+        """The epoch's seeds (numpy's SeedSequence: too slow for every step), and the generators to
+        seed, made once an epoch."""
         batches = self.plan.batches_at(key[1]) if self.plan else 0
         self._epoch_seeds = (key, [step_seed(self.seed, *key, b) for b in range(batches)])
         on_gpu = self.device.type == "cuda"
@@ -132,7 +133,7 @@ class ImageClassifier(pl.LightningModule):
 
     def sum_loss(self, loss: Tensor, images: int) -> None:
         """The epoch's training loss summed on the device (two ops a step), logged once at its
-        last batch (on_train_batch_end): ``self.log`` at every step cost 0.5 ms of host time."""
+        last batch (on_train_batch_end): ``self.log`` at every step is host time every step."""
         if self._loss_sum is None or self._loss_sum.device != loss.device:
             self._loss_sum = torch.zeros((), device=loss.device)
         self._loss_sum.add_(loss.float() * images)

@@ -5,7 +5,7 @@ Norm weights and biases get no weight decay in both (fastai's ``wd_bn_bias=False
 from __future__ import annotations
 
 import torch
-from timm.optim import Lookahead
+from timm.optim import Lookahead as TimmLookahead
 from torch import nn
 
 from lightning_sota.models.xresnet import param_splits
@@ -82,31 +82,31 @@ class FusedRAdamW(torch.optim.Optimizer):
                 loss = closure()
         rectifiers: dict[tuple[int, float], torch.Tensor] = {}  # groups at the same step share r_t
         for i, group in enumerate(self.param_groups):
-            grads = [p.grad for p in group["params"]]
-            lists = self._lists.get(i)
-            # the cache holds while every parameter has a gradient and the state is the one it
-            # was made from (not cleared, not loaded): one look at the first parameter's
-            if (
-                lists is None
-                or lists[0] is not group["params"]
-                or any(g is None for g in grads)
-                or (self.state.get(lists[0][0], {}).get("exp_avg") is not lists[1][0])
-            ):
-                params = [p for p in group["params"] if p.grad is not None]
+            params, grads = group["params"], [p.grad for p in group["params"]]
+            if any(g is None for g in grads):  # not trained this step (frozen, unused)
+                params = [p for p, g in zip(params, grads, strict=True) if g is not None]
+                grads = [g for g in grads if g is not None]
                 if not params:
                     continue
-                lists, grads = self._state_lists(i, group, params), [p.grad for p in params]
+            lists = self._lists.get(i)
+            if lists is None or not self._current(lists, params):
+                lists = self._state_lists(i, group, params)
             self._update(group, lists, grads, rectifiers)
         return loss
 
+    def _current(self, lists: tuple, params: list[torch.Tensor]) -> bool:
+        """Whether the cached lists are ``params``' and their state is still the one they were
+        made from (not cleared by fastai's clear_state, not loaded from a checkpoint)."""
+        cached = lists[0]
+        same = cached is params or (
+            len(cached) == len(params) and all(a is b for a, b in zip(cached, params, strict=True))
+        )
+        return same and self.state.get(params[0], {}).get("exp_avg") is lists[1][0]
+
     def _state_lists(self, i: int, group: dict, params: list[torch.Tensor]) -> tuple:
         """The group's (params, moments, squared moments, step count, host count), made again
-        when its trained parameters or their state change: a state cleared (fastai's
-        clear_state), loaded from a checkpoint (whose counts may be plain ints) or a parameter
-        without a gradient. The group's parameters share one step count (a device tensor),
-        which the fused kernel reads once per parameter."""
-        if len(params) == len(group["params"]):
-            params = group["params"]  # the same list: the cache's own check
+        when its trained parameters or their state change. The group's parameters share one step
+        count (a device tensor), which the fused kernel reads once per parameter."""
         device = params[0].device
         if not isinstance(group["lr"], torch.Tensor) or group["lr"].device != device:
             group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float32, device=device)
@@ -151,10 +151,10 @@ class FusedRAdamW(torch.optim.Optimizer):
             torch._foreach_add_(params, torch._foreach_mul(exp_avgs, -lr / (1 - beta1 ** host[0])))
 
 
-class ForeachLookahead(Lookahead):
-    """timm's Lookahead (its state and checkpoints unchanged) with the slow-weight update of
-    every k-th step as three foreach ops per group instead of three ops per parameter, with
-    fastai's arithmetic: slow += alpha * (fast - slow); fast = slow."""
+class Lookahead(TimmLookahead):
+    """timm's Lookahead (its state, checkpoints and name in the lr logs unchanged) with the
+    slow-weight update of every k-th step as three foreach ops per group instead of three ops
+    per parameter, with fastai's arithmetic: slow += alpha * (fast - slow); fast = slow."""
 
     @torch.no_grad()
     def update_slow(self, group: dict) -> None:
@@ -178,6 +178,4 @@ def ranger(
     k: int = 6,
 ) -> Lookahead:
     """fastai's ranger: Lookahead(k, alpha) over fastai's RAdamW, fused."""
-    return ForeachLookahead(
-        FusedRAdamW(_groups(model, weight_decay), lr=lr, betas=betas, eps=eps), alpha=alpha, k=k
-    )
+    return Lookahead(FusedRAdamW(_groups(model, weight_decay), lr=lr, betas=betas, eps=eps), alpha=alpha, k=k)
