@@ -159,6 +159,8 @@ def manual_steps(
                 optimizer.zero_grad(set_to_none=True)
             with sections.timed("schedule"):
                 schedule.step()
+            with sections.timed("after_step"):  # Lightning's on_train_batch_end: what the loop keeps
+                module.after_step(loss, len(batch["label"]))
         per_step.append(1e3 * (time.perf_counter() - start))
         sections.next_step()
         if after:

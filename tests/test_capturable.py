@@ -47,6 +47,7 @@ def test_a_training_step_takes_no_host_number_that_changes(overrides, mini, tmp_
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            module.after_step(loss, len(batch["label"]))  # on_train_batch_end's part
         schedule.step()  # between steps: a tensor lr is filled, outside what a graph captures
         logs.append(log)
     assert len(logs[-1].ops) > 1000 and changing(logs[-2], logs[-1]) == []

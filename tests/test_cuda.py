@@ -12,6 +12,7 @@ from lightning_sota.serve.predict import Predictor
 
 from .conftest import results, train_here
 from .test_augment import batch
+from .test_graphs import STEPS, StepLosses
 
 pytestmark = [
     pytest.mark.cuda,
@@ -54,6 +55,8 @@ def test_a_gpu_run_trains_and_its_checkpoint_predicts_on_the_cpu(tmp_path, mini)
     res = results(run)
     assert res["device"] == "cuda" and res["precision"] == "bf16-mixed"
     assert res["cpu_tuning"] == {"small_map_gemm": False, "reuse_host_memory": False}
+    graphs = res["cuda_graphs"]  # sota's step: captured once a phase after its warm-up
+    assert graphs["on"] and graphs["captured"] == 2 and graphs["replayed_steps"] > 0, graphs
     losses = [h["train_loss"] for h in res["history"]]
     assert losses[-1] < losses[0]
     predictor = Predictor(run / "checkpoints" / "last.ckpt", accelerator="cpu", precision="32-true")
@@ -75,3 +78,18 @@ def test_a_gpu_run_waits_for_the_gpu_at_most_once_a_step(tmp_path, mini):
         assert epoch["train_waits"] <= epoch["train_steps"] + 1, epoch
         assert epoch["val_waits"] <= 2 < epoch["val_batches"], epoch
     assert results(run)["dataset"]["on_device"] is True
+
+
+def test_captured_steps_train_as_eager_steps_on_a_gpu(tmp_path, mini):
+    """sota's step with MixUp under bf16-mixed, two phases of 25 steps, captured as CUDA graphs
+    (graphs.capture=true) and eager (graphs=off) from the same seeds: the same draws, so the
+    losses agree step by step to bf16's precision (cuDNN may pick other kernels in each run)."""
+    StepLosses.seen.clear()
+    for name, switch in (("eager", "graphs=off"), ("graphed", "graphs.capture=true")):
+        gpu = ["trainer=gpu", "trainer.devices=1", switch, f"data.root={mini}"]
+        train_here(*STEPS, *gpu, tmp=tmp_path, run_dir=tmp_path / name)
+    eager, graphed = (torch.tensor(losses) for losses in StepLosses.seen)
+    assert len(eager) == len(graphed) == 50
+    assert torch.allclose(graphed[:20], eager[:20], rtol=2e-2, atol=1e-3), (eager[:20], graphed[:20])
+    ran = results(tmp_path / "graphed")["cuda_graphs"]
+    assert ran == {"capture": True, "on": True, "why": None, "captured": 2, "replayed_steps": 42}, ran

@@ -185,6 +185,7 @@ def test_a_training_step_never_waits_for_the_gpu(fake_gpu, overrides, mini, tmp_
             batch = next(batches)
             loss = module.training_step(batch, step)
             optimizer.step()
+            module.after_step(loss, len(batch["label"]))
             if average is not None:
                 average.update_parameters(module)
     assert loss.is_cuda and batch["image"].is_cuda

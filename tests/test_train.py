@@ -34,6 +34,7 @@ CONTRACT = {
     "device",
     "world_size",
     "cpu_tuning",
+    "cuda_graphs",
     "dataset",
 }
 
@@ -87,6 +88,7 @@ def test_fp32_timm_model_without_channels_last(tmp_path, mini):
     assert res["arch"] == "resnet10t" and res["precision"] == "32-true" and res["epochs"] == 1
     assert res["normalize"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
     assert res["cache_seconds"] > 0 and res["val_acc"] is not None
+    assert res["cuda_graphs"]["why"] == "the run is on cpu: CUDA graphs need a GPU"  # graphs=auto
 
 
 @pytest.mark.slow

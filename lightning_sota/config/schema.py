@@ -39,6 +39,7 @@ from lightning_sota.config.schema_training import (
     EmaConf,
     FineTuneConf,
     FineTunePretrainedConf,
+    GraphsConf,
     LambConf,
     LoggerConf,
     LossConf,
@@ -76,6 +77,7 @@ class RunConf:
     trainer: Any = MISSING
     checkpoint: Any = MISSING
     cpu: Any = MISSING
+    graphs: Any = MISSING
     logger: Any = None  # ~logger: none (a config composed outside a Hydra run has no run folder)
 
 
@@ -94,6 +96,7 @@ GROUPS: dict[str, type] = {
     "trainer": TrainerConf,
     "checkpoint": CheckpointConf,
     "cpu": CpuConf,
+    "graphs": GraphsConf,
     "logger": LoggerConf,
 }
 # The groups whose options take different keys: a schema per option, stored as base_<option>.

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 from omegaconf import MISSING
 
-from lightning_sota.config.fields import BELOW_ONE, FRACTION, POSITIVE, SWITCH, choice
+from lightning_sota.config.fields import BELOW_ONE, FRACTION, POSITIVE, POSITIVE_INT, SWITCH, choice
 from lightning_sota.config.rules import Check, at_least, each, is_integer, passes, rule, within
 
 SelectMode = choice("SelectMode", "max", "min")
@@ -167,6 +167,13 @@ class CpuConf:
     _partial_: bool = MISSING  # completed with the run's device
     small_map_gemm: Any = rule(SWITCH)
     reuse_host_memory: Any = rule(SWITCH)
+
+
+@dataclass
+class GraphsConf:
+    _target_: str = MISSING
+    capture: Any = rule(SWITCH)
+    warmup: int = rule(POSITIVE_INT)  # eager steps of each batch shape before its capture
 
 
 @dataclass

@@ -77,7 +77,8 @@ def find_lr(
     curve as a dict."""
     module.stop_on_non_finite = False  # the search ends where the loss blows up: that is its job
     try:
-        with torch.random.fork_rng(), searching(trainer, data, plan):
+        # eager: the finder puts the weights and the optimizer's state back after its search
+        with torch.random.fork_rng(), searching(trainer, data, plan), module.graphs.suspended():
             finder = Tuner(trainer).lr_find(
                 module,
                 datamodule=data,

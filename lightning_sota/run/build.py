@@ -29,6 +29,7 @@ from lightning_sota.run import layout
 from lightning_sota.run.plan import Plan, build_data, make_plan, planned_phases
 from lightning_sota.run.provenance import provenance
 from lightning_sota.training.callbacks import History, LearningRates, ProgressiveResize, progress_bar
+from lightning_sota.training.graphs import StepGraphs, blockers
 from lightning_sota.training.loggers import log_config
 from lightning_sota.training.module import ImageClassifier
 from lightning_sota.training.selection import monitored, selection_callbacks
@@ -160,11 +161,16 @@ def build_run(cfg: DictConfig, run_dir: Path, weights: bool = True) -> Run:
     if note and trainer.is_global_zero:
         log.warning(note)
     tuning = cpu_tuning(cfg, trainer.strategy.root_device)  # refused here, before any data
+    graphs: StepGraphs = built(cfg.graphs)  # decided again with the optimizer: configure_optimizers
+    graphs.decide(
+        blockers(trainer.strategy.root_device, trainer.world_size, trainer.precision,
+                 trainer.accumulate_grad_batches, parts["mix"], cfg.model.get("compile", False))
+    )  # fmt: skip
     data.setup("fit")  # acquire and build the presize caches now: reported apart from the fit
     data.place(trainer.strategy.root_device, upload=True)  # and upload them, before the timed fit
     plan = make_plan(cfg, data)
     module = build_module(cfg, data.classes, tuning, weights, parts=parts)
-    module.plan, module.serving = plan, data.serving()
+    module.plan, module.serving, module.graphs = plan, data.serving(), graphs
     module.provenance = provenance()
     module.selection = {"monitor": monitored(cfg), "mode": str(cfg.checkpoint.mode)}
     return Run(plan, data, module, trainer, history, tta, interpretation, show_batch, module.provenance)

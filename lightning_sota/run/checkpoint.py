@@ -32,10 +32,10 @@ WHERE = (
     "data.workers",
     "data.cache_workers",
 )
-COMPUTE = ("trainer.accelerator", "trainer.precision", "cpu")
+COMPUTE = ("trainer.accelerator", "trainer.precision", "cpu", "graphs")
 FREE = {
     "resume": (
-        *("resume", "skip_completed", "logger", "cpu", "trainer.enable_progress_bar", *WHERE),
+        *("resume", "skip_completed", "logger", "cpu", "graphs", "trainer.enable_progress_bar", *WHERE),
         # batch sizes are global (data.ShardedBatches): steps and schedule do not depend on these
         *("trainer.devices", "trainer.num_nodes"),
     ),
@@ -136,6 +136,8 @@ def upgrade(cfg: DictConfig) -> DictConfig:
     if "cpu" not in cfg:  # written before lightning_sota/cpu/, which kept its switch in the model
         cfg.model.pop("small_map_gemm", None)
         cfg.cpu = {"_target_": "lightning_sota.cpu.CpuTuning.for_device", "_partial_": True}
+    if "graphs" not in cfg:  # written before training/graphs.py: its runs stepped eagerly
+        cfg.graphs = {"_target_": "lightning_sota.training.graphs.StepGraphs", "capture": False, "warmup": 3}
 
     def walk(node: DictConfig) -> None:
         for key in list(node.keys()):

@@ -68,6 +68,8 @@ def summarize(cfg: DictConfig, run: Run, train_seconds: float, test_seconds: flo
         # DDP ranks: each phase's batch_size is the global batch, batch_size/world_size per rank
         "world_size": run.trainer.world_size,
         "cpu_tuning": run.module.cpu_tuning,
+        # whether the training step ran as captured CUDA graphs, and why not (training/graphs.py)
+        "cuda_graphs": run.module.graphs.report(),
         # where the weights started: false (initialised), true (timm's ImageNet weights) or a path
         "pretrained": cfg.model.get("pretrained", False),
         "normalize": run.module.normalize.stats(),

@@ -16,6 +16,7 @@ from lightning_sota.augment.mix import mixed_loss
 from lightning_sota.augment.normalize import Normalize
 from lightning_sota.errors import NonFiniteLossError
 from lightning_sota.run.plan import Plan, phase_index
+from lightning_sota.training.graphs import StepGraphs, blockers
 
 
 def step_seed(seed: int, rank: int, epoch: int, batch: int) -> int:
@@ -59,6 +60,7 @@ class ImageClassifier(pl.LightningModule):
         self.serving: dict = {}  # by size: its presize and max_aspect (DataModule.serving)
         self.provenance: dict = {}  # what made the run (run/provenance.py), handed by build_run
         self.selection: dict = {}  # the monitor and mode best checkpoints are chosen by (selection.py)
+        self.graphs = StepGraphs(capture=False)  # build_run hands the run's (conf/graphs)
         self._loss_sum: Tensor | None = None  # the epoch's training loss times its images
         self._loss_images = 0
         self._epoch_seeds: tuple[tuple[int, int] | None, list[int]] = (None, [])  # see seed_draws
@@ -67,6 +69,7 @@ class ImageClassifier(pl.LightningModule):
         # the last step's (finite here, finite on every rank, loss) not yet read: see watch_finite
         self._verdict: tuple[Tensor, torch.cuda.Event | None, int, int] | None = None
         self._verdict_host: Tensor | None = None
+        self._loss_step = 0  # the optimizer step the last training_step's loss is for
         # validate_args reads the labels back to check their range: a host sync every batch.
         # Ours come from the cache's own class indices.
         self.val_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
@@ -113,6 +116,8 @@ class ImageClassifier(pl.LightningModule):
             generator.manual_seed(seed)
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
+        if self.graphs.on:  # the batch training_step gets: into the buffers a captured step reads
+            batch.update(self.graphs.stage(batch))
         seeds = self._epoch_seeds[1]  # this epoch's: on_train_epoch_start made them
         if batch_idx < len(seeds):
             self._seed(seeds[batch_idx])
@@ -120,16 +125,42 @@ class ImageClassifier(pl.LightningModule):
             self.seed_draws(batch_idx)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        """The step's loss, and nothing else a captured CUDA graph would freeze: what the loop
+        keeps of it is on_train_batch_end's. A replayed step's is the graph's (graphs.py)."""
+        self._loss_step = self.global_step
+        if self.graphs.replaying:
+            return self.graphs.loss
         x, y = self.prepare(batch, train=True), batch["label"]
         if self.mix is None:
             loss = self.loss(self.model(x), y).mean()
         else:
             x, partner, lam = self.mix(x, y)
             loss = mixed_loss(self.loss, self.model(x), y, partner, lam)
-        self.settle_finite()  # the previous step's verdict, read only now
-        self.watch_finite(loss)
-        self.sum_loss(loss.detach(), len(x))
+        self.graphs.loss = loss.detach()
         return loss
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
+        if self.graphs.on:
+            self.graphs.step(
+                lambda: optimizer.step(closure=optimizer_closure), optimizer_closure, optimizer.optimizer
+            )
+        else:
+            optimizer.step(closure=optimizer_closure)
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer) -> None:
+        if not self.graphs.replaying:  # a replay's gradients are the graph's
+            optimizer.zero_grad()
+
+    def backward(self, loss: Tensor, *args, **kwargs) -> None:
+        if not self.graphs.replaying:  # the graph ran it
+            loss.backward(*args, **kwargs)
+
+    def after_step(self, loss: Tensor, images: int) -> None:
+        """What the loop keeps of a step: the previous step's finite-loss verdict acted on (read
+        only now, its forward long done), this one's queued, the loss summed."""
+        self.settle_finite()
+        self.watch_finite(loss)
+        self.sum_loss(loss.detach(), images)
 
     def sum_loss(self, loss: Tensor, images: int) -> None:
         """The epoch's training loss summed on the device (two ops a step), logged once at its
@@ -146,8 +177,9 @@ class ImageClassifier(pl.LightningModule):
         self._loss_images = 0
 
     def on_train_batch_end(self, outputs, batch: dict, batch_idx: int) -> None:
-        """At the epoch's last batch: its mean training loss (on the progress bar and in the
-        epoch's metrics, averaged over the ranks as self.log(on_epoch=True) did)."""
+        """after_step, and at the epoch's last batch its mean training loss (on the progress bar
+        and in the epoch's metrics, averaged over the ranks as self.log(on_epoch=True) did)."""
+        self.after_step(outputs["loss"], len(batch["label"]))
         if batch_idx + 1 == self.trainer.num_training_batches and self._loss_images:
             mean = self._loss_sum / self._loss_images
             self.log(
@@ -175,7 +207,7 @@ class ImageClassifier(pl.LightningModule):
             verdict = self._verdict_host.copy_(verdict, non_blocking=True)
             event = torch.cuda.Event()
             event.record()
-        self._verdict = (verdict, event, self.current_epoch, self.global_step)
+        self._verdict = (verdict, event, self.current_epoch, self._loss_step)
 
     def settle_finite(self) -> None:
         """Act on the queued verdict, if any: stop every rank with the one-line error (or, for
@@ -251,8 +283,18 @@ class ImageClassifier(pl.LightningModule):
         }
 
     def configure_optimizers(self) -> dict:
+        """The optimizer and its schedule; whether the step is captured is decided here, where
+        both exist (graphs.py)."""
         optimizer = self.optimizer_factory(self.model)
         schedule = self.schedule_factory(optimizer, self.plan.optimizer_steps())
+        if self._trainer is not None:
+            trainer = self.trainer
+            self.graphs.decide(
+                blockers(self.device, trainer.world_size, trainer.precision, trainer.accumulate_grad_batches,
+                         self.mix, self.config.get("model", {}).get("compile", False), optimizer, schedule)
+            )  # fmt: skip
+            if self.graphs.on:
+                optimizer.defer_host = True
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def configure_gradient_clipping(

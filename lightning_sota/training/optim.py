@@ -61,7 +61,8 @@ class FusedRAdamW(torch.optim.Optimizer):
     tensor lr), and the step counts are device tensors, so no op of the step takes a host
     number that changes (benchmarks/host_overhead.py). A host count per group, never read from
     the device, says when rho_t > 5: the first steps (five with beta2 0.99) are momentum SGD,
-    done per tensor."""
+    done per tensor. ``host_step`` keeps that count; a captured step (training/graphs.py) sets
+    ``defer_host`` and calls it after each step, replay or not: a replay runs no Python."""
 
     def __init__(
         self,
@@ -73,6 +74,8 @@ class FusedRAdamW(torch.optim.Optimizer):
     ) -> None:
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
         self._lists: dict[int, tuple] = {}  # per group: its parameters' state, as the kernel takes it
+        self._stepped: list[list[int]] = []  # the host counts of the groups the last step moved
+        self.defer_host = False
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -81,6 +84,7 @@ class FusedRAdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         rectifiers: dict[tuple[int, float], torch.Tensor] = {}  # groups at the same step share r_t
+        self._stepped = []
         for i, group in enumerate(self.param_groups):
             params, grads = group["params"], [p.grad for p in group["params"]]
             if any(g is None for g in grads):  # not trained this step (frozen, unused)
@@ -92,7 +96,37 @@ class FusedRAdamW(torch.optim.Optimizer):
             if lists is None or not self._current(lists, params):
                 lists = self._state_lists(i, group, params)
             self._update(group, lists, grads, rectifiers)
+            self._stepped.append(lists[4])
+        if not self.defer_host:
+            self.host_step()
         return loss
+
+    def host_step(self) -> None:
+        """The host's side of the last step: its groups' counts move on."""
+        for count in self._stepped:
+            count[0] += 1
+
+    def settled(self) -> bool:
+        """Whether every group's next step is the fused one (rho_t > 5), as every later step is:
+        the step a graph may capture. False before the first step."""
+        return bool(self._lists) and all(
+            self._fused(lists[4][0] + 1, group["betas"][1])
+            for i, group in enumerate(self.param_groups)
+            if (lists := self._lists.get(i)) is not None
+        )
+
+    def unchanged(self) -> bool:
+        """Whether every group's state is still the one its lists were made from (not cleared by
+        fastai's clear_state, not loaded from a checkpoint): what a captured step reads."""
+        return all(
+            self.state.get(lists[0][0], {}).get("exp_avg") is lists[1][0] for lists in self._lists.values()
+        )
+
+    @staticmethod
+    def _fused(t: int, beta2: float) -> bool:
+        """RAdam's rho_t > 5 at step ``t``: the rectified (fused Adam) step, not momentum SGD."""
+        rho_inf = 2 / (1 - beta2) - 1
+        return rho_inf - 2 * t * beta2**t / (1 - beta2**t) > 5
 
     def _current(self, lists: tuple, params: list[torch.Tensor]) -> bool:
         """Whether the cached lists are ``params``' and their state is still the one they were
@@ -128,18 +162,18 @@ class FusedRAdamW(torch.optim.Optimizer):
     def _update(self, group: dict, lists: tuple, grads: list[torch.Tensor], rectifiers: dict) -> None:
         params, exp_avgs, exp_avg_sqs, step, host = lists
         lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-        host[0] += 1
+        t = host[0] + 1  # this step's number: host_step counts it after
         step.add_(1)
         if wd:
             torch._foreach_mul_(params, 1 - lr * wd)
         rho_inf = 2 / (1 - beta2) - 1
-        if rho_inf - 2 * host[0] * beta2 ** host[0] / (1 - beta2 ** host[0]) > 5:
-            r = rectifiers.get((host[0], beta2))
+        if self._fused(t, beta2):
+            r = rectifiers.get((t, beta2))
             if r is None:
                 beta2_t = torch.pow(beta2, step)
                 rho = rho_inf - 2 * step * beta2_t / (1 - beta2_t)
                 r = ((rho - 4) * (rho - 2) * (rho_inf / ((rho_inf - 4) * (rho_inf - 2))) / rho).sqrt()
-                rectifiers[host[0], beta2] = r
+                rectifiers[t, beta2] = r
             torch._fused_adamw_(
                 params, grads, exp_avgs, exp_avg_sqs, [], [step] * len(params),
                 lr=lr * r, beta1=beta1, beta2=beta2, weight_decay=0.0, eps=eps, amsgrad=False, maximize=False,
@@ -148,13 +182,46 @@ class FusedRAdamW(torch.optim.Optimizer):
             torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
             torch._foreach_mul_(exp_avg_sqs, beta2)
             torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
-            torch._foreach_add_(params, torch._foreach_mul(exp_avgs, -lr / (1 - beta1 ** host[0])))
+            torch._foreach_add_(params, torch._foreach_mul(exp_avgs, -lr / (1 - beta1**t)))
 
 
 class Lookahead(TimmLookahead):
     """timm's Lookahead (its state, checkpoints and name in the lr logs unchanged) with the
     slow-weight update of every k-th step as three foreach ops per group instead of three ops
-    per parameter, with fastai's arithmetic: slow += alpha * (fast - slow); fast = slow."""
+    per parameter, with fastai's arithmetic: slow += alpha * (fast - slow); fast = slow. Its
+    count and k-th update are ``host_step``'s, as FusedRAdamW's count: outside a captured step,
+    which replays its base optimizer's update only."""
+
+    @property
+    def defer_host(self) -> bool:
+        return self._base_optimizer.defer_host
+
+    @defer_host.setter
+    def defer_host(self, value: bool) -> None:
+        self._base_optimizer.defer_host = value
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = self._base_optimizer.step(closure)
+        if not self.defer_host:
+            self._lookahead()
+        return loss
+
+    def host_step(self) -> None:
+        self._base_optimizer.host_step()
+        self._lookahead()
+
+    def _lookahead(self) -> None:
+        for group in self._base_optimizer.param_groups:
+            group["lookahead_step"] += 1
+            if group["lookahead_step"] % group["lookahead_k"] == 0:
+                self.update_slow(group)
+
+    def settled(self) -> bool:
+        return self._base_optimizer.settled()
+
+    def unchanged(self) -> bool:
+        return self._base_optimizer.unchanged()
 
     @torch.no_grad()
     def update_slow(self, group: dict) -> None:

@@ -1,0 +1,187 @@
+"""The training step as CUDA graphs (training/graphs.py): where it runs and why not, in one line
+when asked for where it cannot; and, on the CPU with a stand-in for a graph's replay, that the
+loop around replayed steps (static batch buffers, the closure at a replay, the optimizer's host
+counts and Lookahead's update after it, a new shape per phase) trains exactly as eager steps do.
+The captured step itself is test_cuda.py's (a GPU)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from torch import nn
+
+from lightning_sota.augment.mix import CutMix, MixUp
+from lightning_sota.errors import ConfigError
+from lightning_sota.training.graphs import StepGraphs, blockers
+from lightning_sota.training.schedule import one_cycle
+
+from .conftest import config, results, train_here
+
+CUDA = torch.device("cuda")
+
+
+def ranger(model: nn.Module):
+    return instantiate(config("optim=ranger").optim)(model)
+
+
+def test_a_step_is_captured_only_where_nothing_stops_it():
+    """Each reason a run steps eagerly, named; none for sota's step on one GPU (ranger, flat_cos,
+    bf16-mixed, MixUp)."""
+    model = small_model()
+    optimizer = ranger(model)
+    flat = one_cycle(optimizer, [(10, 1)], 1e-3, div=1, pct_start=0.75, moms=None)
+    assert blockers(CUDA, 1, "bf16-mixed", 1, MixUp(0.4), False, optimizer, flat) == []
+    adam = instantiate(config("optim=adam").optim)(model)
+    cycled = one_cycle(adam, [(10, 1)], 1e-3)
+    said = blockers(torch.device("cpu"), 2, "16-mixed", 2, CutMix(1.0), "reduce-overhead", adam, cycled)
+    assert [line.split(":")[0].split(" ")[0] for line in said] == [
+        "the", "the", "trainer.precision=16-mixed", "trainer.accumulate_grad_batches", "mix=cutmix",
+        "model.compile=reduce-overhead", "AdamW", "schedule.moms",
+    ]  # fmt: skip
+    assert said[0] == "the run is on cpu: CUDA graphs need a GPU"
+
+
+def small_model() -> nn.Module:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LazyLinear(2))
+    model(torch.zeros(1, 3, 8, 8))
+    return model
+
+
+def test_a_capture_waits_for_radams_fused_steps_and_ends_with_the_state_it_read():
+    """settled: RAdam's next step is the fused one (after its five momentum steps), the step a
+    graph may capture; unchanged: False once the state a graph read is cleared (fastai's
+    clear_state between fine_tune's cycles) or loaded, which drops the graph (StepGraphs.step)."""
+    model = small_model()
+    optimizer = ranger(model)
+
+    def step() -> None:
+        model(torch.ones(2, 3, 8, 8)).sum().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    settled = []
+    for _ in range(6):
+        step()
+        settled.append(optimizer.settled())
+    assert settled == [False, False, False, False, True, True] and optimizer.unchanged()
+    saved = optimizer.state_dict()
+    optimizer._base_optimizer.state.clear()
+    assert not optimizer.unchanged()
+    step()
+    assert optimizer.unchanged() and not optimizer.settled()  # its count starts over
+    optimizer.load_state_dict(saved)
+    assert not optimizer.unchanged()
+    step()
+    assert optimizer.unchanged() and optimizer.settled()
+
+
+def test_capture_true_is_refused_in_one_line_and_auto_or_false_say_why_not():
+    with pytest.raises(ConfigError) as refusal:
+        StepGraphs(capture=True).decide(["the run is on cpu: CUDA graphs need a GPU"])
+    assert str(refusal.value) == (
+        "graphs.capture=true, but the run is on cpu: CUDA graphs need a GPU: use graphs.capture=auto or false"
+    )
+    auto, off, free = StepGraphs("auto"), StepGraphs(False), StepGraphs("auto")
+    auto.decide(["the run is on cpu: CUDA graphs need a GPU"])
+    off.decide([])
+    free.decide([])
+    assert (auto.on, auto.why, off.on, off.why, free.on, free.why) == (
+        False, "the run is on cpu: CUDA graphs need a GPU", False, "graphs.capture=false", True, None,
+    )  # fmt: skip
+
+
+def cache_batch(side: int, value: int, labels: list[int]) -> dict:
+    image = torch.full((len(labels), side, side, 3), value, dtype=torch.uint8)
+    return {"image": image, "label": torch.tensor(labels), "size": side}
+
+
+def test_a_batch_is_staged_into_its_shapes_buffers():
+    graphs = StepGraphs()
+    staged = graphs.stage(cache_batch(4, 1, [0, 1]))
+    buffers = {k: staged[k].data_ptr() for k in ("image", "label")}
+    second = graphs.stage(cache_batch(4, 7, [1, 0]))
+    assert {k: second[k].data_ptr() for k in buffers} == buffers  # the same memory, the new batch
+    assert second["image"].eq(7).all() and second["label"].tolist() == [1, 0] and second["size"] == 4
+    larger = graphs.stage(cache_batch(8, 1, [0, 0]))
+    assert larger["image"].data_ptr() != buffers["image"] and larger["image"].shape == (2, 8, 8, 3)
+
+
+class Rerun:
+    """A CUDA graph's stand-in on the CPU: a replay runs the captured step's work again, on the
+    same static batch buffers, with the optimizer's host side deferred as under a graph."""
+
+    def __init__(self, run: Callable[[], object]) -> None:
+        self.run = run
+
+    def replay(self) -> None:
+        self.run()
+
+
+class CpuStepGraphs(StepGraphs):
+    """StepGraphs with Rerun for torch.cuda.CUDAGraph and the current stream for the side one:
+    every other part of the loop around a captured step runs as on a GPU."""
+
+    def decide(self, reasons: list[str]) -> None:
+        super().decide([r for r in reasons if "CUDA graphs need a GPU" not in r])
+
+    def _run_eager(self, run: Callable[[], object]) -> None:
+        run()
+
+    def _capture(self, run: Callable[[], object], optimizer) -> bool:
+        self._graph = Rerun(run)
+        self.captured += 1
+        self._graph.replay()
+        self.replayed += 1
+        return True
+
+
+class StepLosses(pl.Callback):
+    """Every training step's loss, as the loop received it."""
+
+    seen: list[list[float]] = []
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        StepLosses.seen.append([])
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        StepLosses.seen[-1].append(float(outputs["loss"]))
+
+
+# sota's step with MixUp (device draws) over two phases of 25 steps: two shapes, each captured
+# after its warm-up, and Lookahead's k-th updates between replays
+STEPS = [
+    "+experiment=sota",
+    "mix=mixup",
+    "resize.phases=[{size:16,batch_size:8,epochs:1},{size:24,batch_size:8,epochs:1}]",
+    "model.arch=xresnet18",
+    "model.widen=0.25",
+    "tta=none",
+    "+callbacks.steps._target_=tests.test_graphs.StepLosses",
+]
+
+
+def test_replayed_steps_train_exactly_as_eager_steps(mini, tmp_path):
+    StepLosses.seen.clear()
+    eager = train_here(*STEPS, "graphs=off", f"data.root={mini}", tmp=tmp_path, run_dir=tmp_path / "eager")
+    graphed = train_here(
+        *STEPS, "graphs._target_=tests.test_graphs.CpuStepGraphs", f"data.root={mini}",
+        tmp=tmp_path, run_dir=tmp_path / "graphed",
+    )  # fmt: skip
+    del eager, graphed
+    eager_losses, graphed_losses = StepLosses.seen
+    assert len(eager_losses) == 50 and graphed_losses == eager_losses
+    ran = results(tmp_path / "graphed")["cuda_graphs"]
+    # captured at step 6 of the first phase (RAdam's five momentum steps are eager) and at step
+    # 4 of the second (its three warm-up steps): 20 + 22 steps replayed
+    assert ran == {"capture": "auto", "on": True, "why": None, "captured": 2, "replayed_steps": 42}
+    assert results(tmp_path / "eager")["cuda_graphs"]["why"] == "graphs.capture=false"
+    weights = [
+        torch.load(tmp_path / run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+        for run in ("eager", "graphed")
+    ]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
