@@ -184,4 +184,3 @@ def test_replayed_steps_train_exactly_as_eager_steps(mini, tmp_path):
         for run in ("eager", "graphed")
     ]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
-
