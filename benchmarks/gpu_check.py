@@ -1,4 +1,4 @@
-"""Everything a lent GPU should tell us, in one call of about 480 s on one H200
+"""Everything a lent GPU should tell us, in one call of about 500 s on one H200
 (benchmarks/gpu_check.sh runs this).
 
     python benchmarks/gpu_check.py --out $OUT [--work /tmp/...] [--root <train/ and val/>] [--smoke]
@@ -20,8 +20,9 @@ still brings back what it measured:
   with the time to each epoch's accuracy; its step captured as CUDA graphs (graphs=auto:
   results.json's cuda_graphs says whether it was, and why not).
 - sota_eager: the same run with ``graphs=off``, on the same card in the same call: the ratio.
-- profile: torch.profiler over 20 of sota's eager training steps at 128 px, batch 64: kernels a
-  step, host ms a step, GPU busy % (what the graphs take off the host).
+- profile: ``debug=kernels`` (torch.profiler in the run) over 20 of sota's training steps at
+  128 px, batch 64, with graphs=auto and graphs=off: kernels a step, wall ms a step, GPU busy %,
+  the host's ATen calls a step (what the graphs take off the host).
 At most 8 files come back in ``--out``, none in a subfolder: gpu_check.json, gpu_check.md (the
 table), cuda_tests.txt, syncs.json, sota_leaderboard.json and sota_eager.json (their
 results.json). Caches and run folders stay in ``--work``. ``--smoke``: the same steps on the CPU
@@ -49,19 +50,18 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from host_overhead import Sections, manual_steps  # noqa: E402
 from throughput import loader_rate, pipeline, step_rate  # noqa: E402
 
-from lightning_sota.config.compose import compose_config  # noqa: E402
 from lightning_sota.data.folders import scan_split  # noqa: E402
 from lightning_sota.files import write_json  # noqa: E402
 from lightning_sota.locks import usable_cpus  # noqa: E402
 from tests.imagenette_like import TRAIN, VAL, imagenette_like  # noqa: E402
 
 # Seconds each step may take on one H200 (16 cores, the full split), its first calls' times
-# rounded up (benchmarks/RESULTS.md; profile's is a guess, and cuda_tests has one more run): 480
+# rounded up (benchmarks/RESULTS.md; profile's, two short runs, is a guess, and cuda_tests has
+# one more run): 500 in all.
 BUDGET = {"device": 5, "cuda_tests": 100, "syncs": 60, "throughput": 75, "sota_leaderboard": 100,
-          "sota_eager": 100, "profile": 40}  # fmt: skip
+          "sota_eager": 100, "profile": 60}  # fmt: skip
 # The anchors the issue measures us against (https://github.com/fastai/imagenette's leaderboard,
 # fastbook chapter 7).
 ANCHORS = {
@@ -245,41 +245,19 @@ def leaderboard(work: Path, out: Path, overrides: list[str], name: str = "sota_l
     }
 
 
-def profile(root: Path, cache: Path, smoke: bool, steps: int = 20, warm_up: int = 10) -> dict:
-    """torch.profiler over ``steps`` training steps of sota's step at the leaderboard's shape
-    (xresnet50, 128 px, batch 64, caches on the GPU), after ``warm_up``: kernels a step, host ms a
-    step (the loop enqueueing, no waits) and GPU busy % (kernel time over the steps' wall time)."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    size, bs = (32, 16) if smoke else (128, 64)
-    cfg = compose_config(["+experiment=sota", "scale=smoke" if smoke else "scale=leaderboard",
-                          f"data.root={root}", f"data.cache_dir={cache}", "~logger",
-                          f"data.on_device={str(device.type == 'cuda').lower()}",
-                          f"resize.phases=[{{size:{size},batch_size:{bs},epochs:1}}]"])  # fmt: skip
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    if device.type == "cuda":
-        activities.append(torch.profiler.ProfilerActivity.CUDA)
-    window = torch.profiler.schedule(wait=0, warmup=warm_up, active=steps, repeat=1)
-    start = {}
-
-    def after(step: int) -> None:
-        prof.step()
-        if step == warm_up - 1:
-            torch.cuda.synchronize() if device.type == "cuda" else None
-            start["t"] = time.perf_counter()
-
-    with torch.profiler.profile(activities=activities, schedule=window) as prof:
-        per_step, _ = manual_steps(cfg, warm_up + steps, Sections(), device=device, after=after)
-        torch.cuda.synchronize() if device.type == "cuda" else None
-        wall_ms = 1e3 * (time.perf_counter() - start["t"])
-    gpu = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
-    busy_ms = sum(e.self_device_time_total for e in gpu) / 1e3
-    return {
-        "shape": f"{size} px, batch {bs}, {device}",
-        "kernels_per_step": round(sum(e.count for e in gpu) / steps, 1),
-        "host_ms_per_step": round(sum(per_step[warm_up:]) / steps, 2),
-        "wall_ms_per_step": round(wall_ms / steps, 2),
-        "gpu_busy_percent": round(100 * busy_ms / wall_ms, 1) if gpu else None,
-    }
+def profile(work: Path, overrides: list[str], smoke: bool) -> dict:
+    """debug=kernels (lightning_sota/training/step_profile.py) over 20 of sota's training steps
+    at the leaderboard's 128 px, batch 64, in the run itself: with graphs=auto and, on a GPU,
+    graphs=off. Per run: kernels a step, wall ms a step, GPU busy %, the host's ATen calls."""
+    rows = []
+    for switch in ("auto",) if smoke else ("auto", "off"):
+        name, budget = f"profile_graphs_{switch}", BUDGET["profile"] // 2
+        run_dir, _ = train_run(work, name, [*overrides, f"graphs={switch}"], budget)
+        for phase in json.loads((run_dir / "kernels.json").read_text())["phases"]:
+            graphs = phase.pop("cuda_graphs")
+            replayed, why_not = graphs["replayed_steps"], graphs["why"]
+            rows.append({"graphs": switch, **phase, "why_not": why_not, "replayed": replayed})
+    return {"rows": rows}
 
 
 def table(results: dict) -> str:
@@ -340,6 +318,13 @@ def main() -> None:
         # a GPU counts 30 steps an epoch; on the CPU (--smoke) nothing is counted: one step shows the path
         f"+trainer.limit_train_batches={1 if args.smoke else 30}",
     ]
+    profiled = [
+        "+experiment=sota",
+        "debug=kernels",
+        "tta=none",
+        f"resize.phases=[{{size:{size},batch_size:{16 if args.smoke else 64},epochs:1}}]",
+        f"+trainer.limit_train_batches={12 if args.smoke else 30}",  # the window: steps 10 to 30
+    ]
     steps = {
         "device": device_report,
         "cuda_tests": lambda: cuda_tests(out, mini_split(root, work)),
@@ -351,7 +336,7 @@ def main() -> None:
             if args.smoke
             else leaderboard(work, out, ["+experiment=sota", "graphs=off", *scale, *common], "sota_eager")
         ),
-        "profile": lambda: profile(root, cache, args.smoke, *((3, 2) if args.smoke else ())),
+        "profile": lambda: profile(work, [*profiled, *scale, *common], args.smoke),
     }
     check = Check(out, args.smoke)
     for name in args.steps:

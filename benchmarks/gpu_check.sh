@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One call on a lent GPU (the device tool), about 480 s on one H200 with 16 cores:
+# One call on a lent GPU (the device tool), about 500 s on one H200 with 16 cores:
 #   make gpu-wheels && python benchmarks/pack_data.py --root /tmp/imagenette2-224   # here, once
 #   run(command="bash benchmarks/gpu_check.sh", carry=[".whl", "data-pack"], timeout_s=600)
 # Arguments go to gpu_check.py (--steps cuda_tests sota_leaderboard: only those).

@@ -53,7 +53,7 @@ def test_gpu_check_smoke_runs_every_step_without_the_test_extras(tmp_path):
     res = json.loads((out / "gpu_check.json").read_text())
     steps = ("device", "cuda_tests", "syncs", "throughput", "sota_leaderboard", "sota_eager", "profile")
     assert all(res[s]["ok"] for s in steps), {s: res[s].get("error") for s in steps}
-    assert sum(res[s]["budget_s"] for s in steps) <= 480
+    assert sum(res[s]["budget_s"] for s in steps) <= 500
     assert res["device"]["cuda"] is False and res["syncs"]["skipped"].startswith("the run is on cpu")
     assert "skipped" in res["cuda_tests"]["summary"] and "error" not in res["cuda_tests"]["summary"]
     (row,) = res["throughput"]["rows"]
@@ -64,12 +64,10 @@ def test_gpu_check_smoke_runs_every_step_without_the_test_extras(tmp_path):
     assert [e["at_s"] for e in epochs] == sorted(e["at_s"] for e in epochs)  # time to each epoch
     assert res["sota_leaderboard"]["tta_acc"] is not None
     assert res["sota_leaderboard"]["cuda_graphs"]["why"] == "the run is on cpu: CUDA graphs need a GPU"
-    profile = res["profile"]  # no CUDA kernels to count on the CPU
-    assert (
-        profile["kernels_per_step"] == 0
-        and profile["host_ms_per_step"] > 0
-        and profile["gpu_busy_percent"] is None
-    )
+    (profile,) = res["profile"]["rows"]  # debug=kernels in the run: no CUDA kernels on the CPU
+    assert profile["kernels_per_step"] is None and profile["gpu_busy_percent"] is None
+    assert profile["steps"] == 2 and profile["wall_ms_per_step"] > 0 and profile["aten_calls_per_step"] > 100
+    assert profile["graphs"] == "auto" and profile["why_not"] == "the run is on cpu: CUDA graphs need a GPU"
     assert res["sota_eager"]["skipped"] == "on a CPU both runs step eagerly"
     files = list(out.iterdir())
     assert len(files) <= 8 and all(f.is_file() and f.stat().st_size < 16 * 2**20 for f in files)
