@@ -131,12 +131,15 @@ class CpuStepGraphs(StepGraphs):
     def _run_eager(self, run: Callable[[], object]) -> None:
         run()
 
-    def _capture(self, run: Callable[[], object], optimizer) -> bool:
-        self._graph = Rerun(run)
-        self.captured += 1
-        self._graph.replay()
-        self.replayed += 1
-        return True
+    def _capture(self, run: Callable[[], object]) -> Rerun:
+        return Rerun(run)  # a capture runs nothing: the replay that follows it does
+
+
+class FailingCapture(CpuStepGraphs):
+    """A capture that fails, as one with an op that a CUDA graph refuses does."""
+
+    def _capture(self, run: Callable[[], object]) -> Rerun:
+        raise RuntimeError("operation not permitted when stream is capturing\nCUDA kernel errors ...")
 
 
 class StepLosses(pl.Callback):
@@ -184,3 +187,23 @@ def test_replayed_steps_train_exactly_as_eager_steps(mini, tmp_path):
         for run in ("eager", "graphed")
     ]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_a_failed_capture_steps_eagerly_with_auto_and_is_one_line_with_true(mini, tmp_path):
+    """graphs=auto: the run goes on eagerly from the failed capture on (the same steps as a run
+    that never tried), and results.json says why; graphs.capture=true: one line, the run stops."""
+    StepLosses.seen.clear()
+    failing = ["graphs._target_=tests.test_graphs.FailingCapture", f"data.root={mini}"]
+    train_here(*STEPS, "graphs=off", f"data.root={mini}", tmp=tmp_path, run_dir=tmp_path / "eager")
+    train_here(*STEPS, *failing, tmp=tmp_path, run_dir=tmp_path / "failed")
+    assert StepLosses.seen[1] == StepLosses.seen[0]
+    assert results(tmp_path / "failed")["cuda_graphs"] == {
+        "capture": "auto", "on": False, "captured": 0, "replayed_steps": 0,
+        "why": "the capture failed: operation not permitted when stream is capturing",
+    }  # fmt: skip
+    with pytest.raises(ConfigError) as refusal:
+        train_here(*STEPS, *failing, "graphs.capture=true", tmp=tmp_path, run_dir=tmp_path / "true")
+    assert str(refusal.value) == (
+        "graphs.capture=true, but the capture failed: operation not permitted when stream is capturing: "
+        "use graphs.capture=auto (eager where the capture fails) or false"
+    )

@@ -148,7 +148,7 @@ class StepGraphs:
         elif self._eager < self.warmup or not optimizer.settled():
             self._eager += 1
             self._run_eager(run)
-        elif not self._capture(run, optimizer):
+        elif not self._try_capture(run, optimizer):
             return  # captured nothing, stepped eagerly and counted: the run goes on without graphs
         optimizer.host_step()
 
@@ -160,29 +160,35 @@ class StepGraphs:
             run()
         torch.cuda.current_stream().wait_stream(stream)
 
-    def _capture(self, run: Callable[[], object], optimizer: Any) -> bool:
-        """The step captured, then replayed for this batch; False (the step run eagerly) where
-        the capture failed and ``capture`` is auto."""
-        graph = torch.cuda.CUDAGraph()
+    def _try_capture(self, run: Callable[[], object], optimizer: Any) -> bool:
+        """The step captured, then replayed for this batch; False (the step run eagerly, and
+        every later one) where the capture failed and ``capture`` is auto."""
         try:
-            # thread_local: the checkpoint writer's and the pinning thread's copies, on threads of
-            # their own, go on during the capture (global would refuse them, or the capture)
-            with torch.cuda.graph(graph, stream=self._side_stream(), capture_error_mode="thread_local"):
-                run()
-        except RuntimeError as err:  # an op the capture refused: with auto, the run steps eagerly
-            if self.setting is True:
-                raise
+            self._graph = self._capture(run)
+        except RuntimeError as err:  # an op the capture refused
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            if self.setting is True:
+                raise ConfigError(
+                    f"graphs.capture=true, but the capture failed: {reason}: use graphs.capture=auto "
+                    "(eager where the capture fails) or false"
+                ) from err
             self._decided, self.why = False, f"the capture failed: {reason}"
             log.warning("graphs: %s; the run goes on without CUDA graphs", self.why)
             optimizer.defer_host = False
             run()
             return False
-        self._graph = graph
         self.captured += 1
-        graph.replay()
+        self._graph.replay()
         self.replayed += 1
         return True
+
+    def _capture(self, run: Callable[[], object]) -> torch.cuda.CUDAGraph:
+        graph = torch.cuda.CUDAGraph()
+        # thread_local: the checkpoint writer's and the pinning thread's copies, on threads of
+        # their own, go on during the capture (global would refuse them, or the capture)
+        with torch.cuda.graph(graph, stream=self._side_stream(), capture_error_mode="thread_local"):
+            run()
+        return graph
 
     def _side_stream(self) -> torch.cuda.Stream:
         if self._stream is None:
@@ -191,6 +197,11 @@ class StepGraphs:
 
     def _release(self) -> None:
         self._graph, self._eager = None, 0
+
+    def close(self) -> None:
+        """The fit is over: its graph, their memory pool and the static buffers let go."""
+        self._release()
+        self._static, self._shape, self.loss = {}, None, None
 
     def report(self) -> dict:
         """For results.json: the switch, whether steps were captured and replayed, and why not."""

@@ -232,6 +232,13 @@ class ImageClassifier(pl.LightningModule):
     def on_train_epoch_end(self) -> None:
         self.settle_finite()
 
+    def on_train_end(self) -> None:
+        """A captured step's graph and its gradients (from the graph's memory pool) let go: the
+        GPU memory they hold is the test stage's and the caller's after the fit."""
+        if self.graphs.captured:
+            self.zero_grad(set_to_none=True)
+        self.graphs.close()
+
     def on_validation_start(self) -> None:
         self.settle_finite()
 
