@@ -23,11 +23,10 @@ from lightning_sota.data.acquire import resolve_root
 from lightning_sota.data.batches import ShardedBatches
 from lightning_sota.data.datamodule import ImagenetteDataModule
 from lightning_sota.data.folders import scan_split
-from lightning_sota.errors import ConfigError, DataError
+from lightning_sota.errors import ConfigError, DataError, NonFiniteLossError
 from lightning_sota.run.plan import prepared_data
 from lightning_sota.serve.predict import Predictor
 from lightning_sota.serve.predict import main as predict
-from lightning_sota.training.module import NonFiniteLossError
 
 from .conftest import (
     MINI,

@@ -75,7 +75,7 @@ def find_lr(
 ) -> dict:
     """Run the finder on ``plan``'s first phase, draw ``lr_find.png``; the suggestion and the
     curve as a dict."""
-    module.stop_on_non_finite = False  # the search ends where the loss blows up: that is its job
+    module.finite.stop = False  # the search ends where the loss blows up: that is its job
     try:
         # eager: the finder puts the weights and the optimizer's state back after its search
         with torch.random.fork_rng(), searching(trainer, data, plan), module.graphs.suspended():
@@ -91,7 +91,7 @@ def find_lr(
             )
     finally:
         module.settle_finite()  # the search's last verdict is the search's: the fit starts clean
-        module.stop_on_non_finite = True
+        module.finite.stop = True
     lrs, losses = finder.results["lr"], finder.results["loss"]
     kept_lrs, kept_losses = trimmed(lrs, losses)
     if len(kept_losses) < 2:

@@ -14,8 +14,8 @@ from torchmetrics.classification import MulticlassAccuracy
 from lightning_sota.augment.augment import BatchAugment
 from lightning_sota.augment.mix import mixed_loss
 from lightning_sota.augment.normalize import Normalize
-from lightning_sota.errors import NonFiniteLossError
 from lightning_sota.run.plan import Plan, phase_index
+from lightning_sota.training.finite import FiniteLoss
 from lightning_sota.training.graphs import StepGraphs, blockers
 
 
@@ -65,10 +65,7 @@ class ImageClassifier(pl.LightningModule):
         self._loss_images = 0
         self._epoch_seeds: tuple[tuple[int, int] | None, list[int]] = (None, [])  # see seed_draws
         self._generators: list[torch.Generator] = []
-        self.stop_on_non_finite = True  # lr_find turns it off: its search ends where the loss blows up
-        # the last step's (finite here, finite on every rank, loss) not yet read: see watch_finite
-        self._verdict: tuple[Tensor, torch.cuda.Event | None, int, int] | None = None
-        self._verdict_host: Tensor | None = None
+        self.finite = FiniteLoss()  # each step's verdict, read a step late (finite.py)
         self._loss_step = 0  # the optimizer step the last training_step's loss is for
         # validate_args reads the labels back to check their range: a host sync every batch.
         # Ours come from the cache's own class indices.
@@ -159,7 +156,7 @@ class ImageClassifier(pl.LightningModule):
         """What the loop keeps of a step: the previous step's finite-loss verdict acted on (read
         only now, its forward long done), this one's queued, the loss summed."""
         self.settle_finite()
-        self.watch_finite(loss)
+        self.finite.watch(loss, self.current_epoch, self._loss_step)
         self.sum_loss(loss.detach(), images)
 
     def sum_loss(self, loss: Tensor, images: int) -> None:
@@ -186,48 +183,9 @@ class ImageClassifier(pl.LightningModule):
                 "train_loss", mean, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=1
             )
 
-    def watch_finite(self, loss: Tensor) -> None:
-        """Queue this step's verdict without waiting for it: whether the loss is finite on this
-        rank and on every rank (an on-device all-reduce), and its value for the message. A read
-        here would make the host wait for the forward every step, so the host reads it at the
-        next step (its forward long done), before validation and before a checkpoint is written:
-        no checkpoint holds weights stepped from a non-finite loss. Every rank reads the same
-        verdict at the same step: a rank that stopped alone would leave the others blocked in the
-        gradient all-reduce until the process-group timeout."""
-        loss = loss.detach().float()
-        here = torch.isfinite(loss).float()
-        everywhere = here.clone()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            # not strategy.reduce: Lightning's puts a barrier (a host wait on NCCL) before it
-            torch.distributed.all_reduce(everywhere, op=torch.distributed.ReduceOp.MIN)
-        verdict, event = torch.stack([here, everywhere, loss]), None
-        if verdict.is_cuda:
-            if self._verdict_host is None:
-                self._verdict_host = torch.empty(3, pin_memory=True)
-            verdict = self._verdict_host.copy_(verdict, non_blocking=True)
-            event = torch.cuda.Event()
-            event.record()
-        self._verdict = (verdict, event, self.current_epoch, self._loss_step)
-
     def settle_finite(self) -> None:
-        """Act on the queued verdict, if any: stop every rank with the one-line error (or, for
-        lr_find, end the fit) when a loss was not finite."""
-        if self._verdict is None:
-            return
-        (verdict, event, epoch, step), self._verdict = self._verdict, None
-        if event is not None:
-            event.synchronize()
-        if verdict[1]:  # finite on every rank: one value read, from host memory
-            return
-        here, value = bool(verdict[0]), float(verdict[2])
-        if not self.stop_on_non_finite:
-            self.trainer.should_stop = True
-            return
-        where = f"loss is {value}" if not here else "the loss of another DDP rank is not finite"
-        raise NonFiniteLossError(
-            f"{where} at epoch {epoch}, step {step}: training stopped "
-            "(the last good checkpoint is kept); lower optim.lr or try trainer.precision=32"
-        )
+        """The queued verdict acted on: the one-line error, or (lr_find) the fit ended."""
+        self.finite.settle(self._trainer)
 
     def on_train_epoch_end(self) -> None:
         self.settle_finite()
