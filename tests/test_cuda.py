@@ -12,7 +12,7 @@ from lightning_sota.serve.predict import Predictor
 
 from .conftest import results, train_here
 from .test_augment import batch
-from .test_graphs import STEPS, StepLosses
+from .test_graphs import steps
 
 pytestmark = [
     pytest.mark.cuda,
@@ -84,11 +84,11 @@ def test_captured_steps_train_as_eager_steps_on_a_gpu(tmp_path, mini):
     """sota's step with MixUp under bf16-mixed, two phases of 25 steps, captured as CUDA graphs
     (graphs.capture=true) and eager (graphs=off) from the same seeds: the same draws, so the
     losses agree step by step to bf16's precision (cuDNN may pick other kernels in each run)."""
-    StepLosses.seen.clear()
-    for name, switch in (("eager", "graphs=off"), ("graphed", "graphs.capture=true")):
-        gpu = ["trainer=gpu", "trainer.devices=1", switch, f"data.root={mini}"]
-        train_here(*STEPS, *gpu, tmp=tmp_path, run_dir=tmp_path / name)
-    eager, graphed = (torch.tensor(losses) for losses in StepLosses.seen)
+    gpu = ["trainer=gpu", "trainer.devices=1", f"data.root={mini}"]
+    eager, graphed = (
+        torch.tensor(steps(*gpu, switch, tmp=tmp_path, name=name))
+        for name, switch in (("eager", "graphs=off"), ("graphed", "graphs.capture=true"))
+    )
     assert len(eager) == len(graphed) == 50
     assert torch.allclose(graphed[:20], eager[:20], rtol=2e-2, atol=1e-3), (eager[:20], graphed[:20])
     ran = results(tmp_path / "graphed")["cuda_graphs"]

@@ -7,6 +7,7 @@ The captured step itself is test_cuda.py's (a GPU)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
@@ -19,7 +20,7 @@ from lightning_sota.errors import ConfigError
 from lightning_sota.training.graphs import StepGraphs, blockers
 from lightning_sota.training.schedule import one_cycle
 
-from .conftest import config, results, train_here
+from .conftest import MINI, config, results, train_here
 
 CUDA = torch.device("cuda")
 
@@ -167,42 +168,48 @@ STEPS = [
 ]
 
 
-def test_replayed_steps_train_exactly_as_eager_steps(mini, tmp_path):
-    StepLosses.seen.clear()
-    eager = train_here(*STEPS, "graphs=off", f"data.root={mini}", tmp=tmp_path, run_dir=tmp_path / "eager")
-    graphed = train_here(
-        *STEPS, "graphs._target_=tests.test_graphs.CpuStepGraphs", f"data.root={mini}",
-        tmp=tmp_path, run_dir=tmp_path / "graphed",
-    )  # fmt: skip
-    del eager, graphed
-    eager_losses, graphed_losses = StepLosses.seen
-    assert len(eager_losses) == 50 and graphed_losses == eager_losses
-    ran = results(tmp_path / "graphed")["cuda_graphs"]
+def steps(*overrides: str, tmp: Path, name: str) -> list[float]:
+    """The losses of a run of STEPS with ``overrides``, in ``tmp / name``."""
+    train_here(*STEPS, *overrides, tmp=tmp, run_dir=tmp / name)
+    return StepLosses.seen[-1]
+
+
+@pytest.fixture(scope="module")
+def eager(tmp_path_factory) -> tuple[list[float], Path]:
+    """The eager run the others are held to: its losses and its folder."""
+    tmp = tmp_path_factory.mktemp("eager")
+    return steps("graphs=off", f"data.root={MINI}", tmp=tmp, name="run"), tmp / "run"
+
+
+def test_replayed_steps_train_exactly_as_eager_steps(eager, mini, tmp_path):
+    eager_losses, eager_run = eager
+    graphed = steps(
+        "graphs._target_=tests.test_graphs.CpuStepGraphs", f"data.root={mini}", tmp=tmp_path, name="run"
+    )
+    assert len(eager_losses) == 50 and graphed == eager_losses
+    ran = results(tmp_path / "run")["cuda_graphs"]
     # captured at step 6 of the first phase (RAdam's five momentum steps are eager) and at step
     # 4 of the second (its three warm-up steps): 20 + 22 steps replayed
     assert ran == {"capture": "auto", "on": True, "why": None, "captured": 2, "replayed_steps": 42}
-    assert results(tmp_path / "eager")["cuda_graphs"]["why"] == "graphs.capture=false"
+    assert results(eager_run)["cuda_graphs"]["why"] == "graphs.capture=false"
     weights = [
-        torch.load(tmp_path / run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-        for run in ("eager", "graphed")
+        torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+        for run in (eager_run, tmp_path / "run")
     ]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
-def test_a_failed_capture_steps_eagerly_with_auto_and_is_one_line_with_true(mini, tmp_path):
+def test_a_failed_capture_steps_eagerly_with_auto_and_is_one_line_with_true(eager, mini, tmp_path):
     """graphs=auto: the run goes on eagerly from the failed capture on (the same steps as a run
     that never tried), and results.json says why; graphs.capture=true: one line, the run stops."""
-    StepLosses.seen.clear()
     failing = ["graphs._target_=tests.test_graphs.FailingCapture", f"data.root={mini}"]
-    train_here(*STEPS, "graphs=off", f"data.root={mini}", tmp=tmp_path, run_dir=tmp_path / "eager")
-    train_here(*STEPS, *failing, tmp=tmp_path, run_dir=tmp_path / "failed")
-    assert StepLosses.seen[1] == StepLosses.seen[0]
+    assert steps(*failing, tmp=tmp_path, name="failed") == eager[0]
     assert results(tmp_path / "failed")["cuda_graphs"] == {
         "capture": "auto", "on": False, "captured": 0, "replayed_steps": 0,
         "why": "the capture failed: operation not permitted when stream is capturing",
     }  # fmt: skip
     with pytest.raises(ConfigError) as refusal:
-        train_here(*STEPS, *failing, "graphs.capture=true", tmp=tmp_path, run_dir=tmp_path / "true")
+        steps(*failing, "graphs.capture=true", tmp=tmp_path, name="true")
     assert str(refusal.value) == (
         "graphs.capture=true, but the capture failed: operation not permitted when stream is capturing: "
         "use graphs.capture=auto (eager where the capture fails) or false"
