@@ -13,6 +13,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
+from pytorch_lightning.plugins.precision import MixedPrecision
 from torch import nn
 
 from lightning_sota.augment.mix import CutMix, MixUp
@@ -78,6 +79,12 @@ def test_a_capture_waits_for_radams_fused_steps_and_ends_with_the_state_it_read(
     assert not optimizer.unchanged()
     step()
     assert optimizer.unchanged() and optimizer.settled()
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+def test_lightnings_autocast_keeps_no_weight_cache(precision):
+    """A cast weight cached by autocast outlives the step: a captured step must cast anew."""
+    assert MixedPrecision(precision, "cpu").autocast_context_manager()._cache_enabled is False
 
 
 def test_capture_true_is_refused_in_one_line_and_auto_or_false_say_why_not():
