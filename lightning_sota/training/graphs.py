@@ -11,13 +11,13 @@ stream (cuDNN's autotuning, the allocator, RAdam's momentum steps), the next is 
 replayed, and the later ones only replayed: the closure then runs with training_step returning
 the graph's loss and zero_grad and backward skipped, so Lightning's loop (its step count,
 outputs and hooks) sees the step it expects. The batch is first copied into its shape's static
-buffers (``stage``, from on_after_batch_transfer); the draws come from the device's generator,
+buffers (``stage``, from on_train_batch_start); the draws come from the device's generator,
 seeded before a replay as before an eager step (a graph reads the seed when it replays). What
 the host does for a step (the optimizer's counts, Lookahead's k-th update) is the optimizer's
 ``host_step``, called after every step. Lightning's autocast keeps no cache of cast weights
-(``cache_enabled=False``), as a capture needs (tests/test_graphs.py holds it to that). Callbacks' per-step hooks run at every step, but those
-that run inside the optimizer's step (on_before_optimizer_step) only when it runs eagerly or is
-captured: a replay runs no Python.
+(``cache_enabled=False``), as a capture needs (tests/test_graphs.py holds it to that).
+Callbacks' per-step hooks run at every step, but those that run inside the optimizer's step
+(on_before_optimizer_step) only when it runs eagerly or is captured: a replay runs no Python.
 """
 
 from __future__ import annotations
