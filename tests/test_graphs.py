@@ -162,12 +162,15 @@ class StepLosses(pl.Callback):
         StepLosses.seen[-1].append(float(outputs["loss"]))
 
 
-# sota's step with MixUp (device draws) over two phases of 25 steps: two shapes, each captured
-# after its warm-up, and Lookahead's k-th updates between replays
+# sota's step with MixUp (device draws) over 75 steps: two shapes, each captured after its
+# warm-up, Lookahead's k-th updates between replays, and fine_tune's fresh optimizer state at each
+# of its cycles (the second phase's two epochs), which drops the graph that read the old state
 STEPS = [
     "+experiment=sota",
     "mix=mixup",
-    "resize.phases=[{size:16,batch_size:8,epochs:1},{size:24,batch_size:8,epochs:1}]",
+    "schedule=fine_tune",
+    "schedule.moms=null",
+    "resize.phases=[{size:16,batch_size:8,epochs:1},{size:24,batch_size:8,epochs:2}]",
     "model.arch=xresnet18",
     "model.widen=0.25",
     "tta=none",
@@ -193,11 +196,11 @@ def test_replayed_steps_train_exactly_as_eager_steps(eager, mini, tmp_path):
     graphed = steps(
         "graphs._target_=tests.test_graphs.CpuStepGraphs", f"data.root={mini}", tmp=tmp_path, name="run"
     )
-    assert len(eager_losses) == 50 and graphed == eager_losses
+    assert len(eager_losses) == 75 and graphed == eager_losses
     ran = results(tmp_path / "run")["cuda_graphs"]
-    # captured at step 6 of the first phase (RAdam's five momentum steps are eager) and at step
-    # 4 of the second (its three warm-up steps): 20 + 22 steps replayed
-    assert ran == {"capture": "auto", "on": True, "why": None, "captured": 2, "replayed_steps": 42}
+    # captured at the sixth step of each epoch (RAdam's five momentum steps, anew with each
+    # cycle's fresh state, are eager), and replayed for the other 20 of its 25
+    assert ran == {"capture": "auto", "on": True, "why": None, "captured": 3, "replayed_steps": 60}
     assert results(eager_run)["cuda_graphs"]["why"] == "graphs.capture=false"
     weights = [
         torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
