@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import pytorch_lightning as pl
@@ -30,16 +31,25 @@ def ranger(model: nn.Module):
     return instantiate(config("optim=ranger").optim)(model)
 
 
+def trainer(device: torch.device, world_size: int, precision: str, accumulate: int) -> SimpleNamespace:
+    """What blockers reads of a Trainer (a real one here cannot be on a GPU)."""
+    strategy = SimpleNamespace(root_device=device)
+    return SimpleNamespace(
+        strategy=strategy, world_size=world_size, precision=precision, accumulate_grad_batches=accumulate
+    )
+
+
 def test_a_step_is_captured_only_where_nothing_stops_it():
     """Each reason a run steps eagerly, named; none for sota's step on one GPU (ranger, flat_cos,
     bf16-mixed, MixUp)."""
     model = small_model()
     optimizer = ranger(model)
     flat = one_cycle(optimizer, [(10, 1)], 1e-3, div=1, pct_start=0.75, moms=None)
-    assert blockers(CUDA, 1, "bf16-mixed", 1, MixUp(0.4), False, optimizer, flat) == []
+    assert blockers(trainer(CUDA, 1, "bf16-mixed", 1), MixUp(0.4), False, optimizer, flat) == []
     adam = instantiate(config("optim=adam").optim)(model)
     cycled = one_cycle(adam, [(10, 1)], 1e-3)
-    said = blockers(torch.device("cpu"), 2, "16-mixed", 2, CutMix(1.0), "reduce-overhead", adam, cycled)
+    cpu_ddp = trainer(torch.device("cpu"), 2, "16-mixed", 2)
+    said = blockers(cpu_ddp, CutMix(1.0), "reduce-overhead", adam, cycled)
     assert [line.split(":")[0].split(" ")[0] for line in said] == [
         "the", "the", "trainer.precision=16-mixed", "trainer.accumulate_grad_batches", "mix=cutmix",
         "model.compile=reduce-overhead", "AdamW", "schedule.moms",
@@ -107,26 +117,35 @@ def cache_batch(side: int, value: int, labels: list[int]) -> dict:
     return {"image": image, "label": torch.tensor(labels), "size": side}
 
 
+def staged(graphs: StepGraphs, batch: dict) -> dict:
+    graphs.stage(batch)
+    return batch
+
+
 def test_a_batch_is_staged_into_its_shapes_buffers():
     graphs = StepGraphs()
-    staged = graphs.stage(cache_batch(4, 1, [0, 1]))
-    buffers = {k: staged[k].data_ptr() for k in ("image", "label")}
-    second = graphs.stage(cache_batch(4, 7, [1, 0]))
+    first = staged(graphs, cache_batch(4, 1, [0, 1]))
+    buffers = {k: first[k].data_ptr() for k in ("image", "label")}
+    graphs._graph = object()  # a graph of this shape
+    second = staged(graphs, cache_batch(4, 7, [1, 0]))
     assert {k: second[k].data_ptr() for k in buffers} == buffers  # the same memory, the new batch
     assert second["image"].eq(7).all() and second["label"].tolist() == [1, 0] and second["size"] == 4
-    larger = graphs.stage(cache_batch(8, 1, [0, 0]))
+    assert graphs._graph is not None
+    larger = staged(graphs, cache_batch(8, 1, [0, 0]))
     assert larger["image"].data_ptr() != buffers["image"] and larger["image"].shape == (2, 8, 8, 3)
+    assert graphs._graph is None  # a new shape lets the last shape's graph go
 
 
 class Rerun:
     """A CUDA graph's stand-in on the CPU: a replay runs the captured step's work again, on the
-    same static batch buffers, with the optimizer's host side deferred as under a graph."""
+    same static batch buffers, with the optimizer's host side deferred as under a graph, and
+    writes its loss into the same output tensor."""
 
-    def __init__(self, run: Callable[[], object]) -> None:
-        self.run = run
+    def __init__(self, run: Callable[[], object], loss: torch.Tensor) -> None:
+        self.run, self.loss = run, loss
 
     def replay(self) -> None:
-        self.run()
+        self.loss.copy_(self.run())
 
 
 class CpuStepGraphs(StepGraphs):
@@ -139,14 +158,15 @@ class CpuStepGraphs(StepGraphs):
     def _run_eager(self, run: Callable[[], object]) -> None:
         run()
 
-    def _capture(self, run: Callable[[], object]) -> Rerun:
-        return Rerun(run)  # a capture runs nothing: the replay that follows it does
+    def _capture(self, run: Callable[[], object]) -> tuple[Rerun, torch.Tensor]:
+        loss = torch.zeros(())  # a capture runs nothing: the replay that follows it does
+        return Rerun(run, loss), loss
 
 
 class FailingCapture(CpuStepGraphs):
     """A capture that fails, as one with an op that a CUDA graph refuses does."""
 
-    def _capture(self, run: Callable[[], object]) -> Rerun:
+    def _capture(self, run: Callable[[], object]) -> tuple[Rerun, torch.Tensor]:
         raise RuntimeError("operation not permitted when stream is capturing\nCUDA kernel errors ...")
 
 

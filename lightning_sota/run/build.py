@@ -162,10 +162,7 @@ def build_run(cfg: DictConfig, run_dir: Path, weights: bool = True) -> Run:
         log.warning(note)
     tuning = cpu_tuning(cfg, trainer.strategy.root_device)  # refused here, before any data
     graphs: StepGraphs = built(cfg.graphs)  # decided again with the optimizer: configure_optimizers
-    graphs.decide(
-        blockers(trainer.strategy.root_device, trainer.world_size, trainer.precision,
-                 trainer.accumulate_grad_batches, parts["mix"], cfg.model.get("compile", False))
-    )  # fmt: skip
+    graphs.decide(blockers(trainer, parts["mix"], cfg.model.get("compile", False)))
     data.setup("fit")  # acquire and build the presize caches now: reported apart from the fit
     data.place(trainer.strategy.root_device, upload=True)  # and upload them, before the timed fit
     plan = make_plan(cfg, data)

@@ -27,7 +27,9 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
+import pytorch_lightning as pl
 import torch
+from pytorch_lightning.core.optimizer import LightningOptimizer
 from torch import Tensor
 
 from lightning_sota.augment.mix import CutMix
@@ -38,27 +40,26 @@ Switch = bool | Literal["auto"]
 
 
 def blockers(
-    device: torch.device,
-    world_size: int,
-    precision: str,
-    accumulate: int,
+    trainer: pl.Trainer,
     mix: object | None,
     compile_mode: bool | str = False,
     optimizer: object | None = None,
     schedule: object | None = None,
 ) -> list[str]:
-    """Why a run's step cannot be captured, if it cannot. The optimizer and the schedule exist
-    only once the model does (configure_optimizers): None leaves them out."""
+    """Why a run's step cannot be captured, if it cannot: ``trainer``'s device, processes,
+    precision and accumulation, the run's mix and model.compile, and once the model exists
+    (configure_optimizers) its optimizer and schedule (None leaves them out)."""
     why = []
+    device, world_size = trainer.strategy.root_device, trainer.world_size
     if device.type != "cuda":
         why.append(f"the run is on {device.type}: CUDA graphs need a GPU")
     if world_size > 1:
         why.append(f"the run has {world_size} processes: DDP's gradient all-reduce is not captured here")
-    if str(precision) == "16-mixed":
+    if str(trainer.precision) == "16-mixed":
         why.append(
             "trainer.precision=16-mixed: its gradient scaler reads the host every step (use bf16-mixed)"
         )
-    if accumulate > 1:
+    if trainer.accumulate_grad_batches > 1:
         why.append("trainer.accumulate_grad_batches > 1: a graph replays an update every step")
     if isinstance(mix, CutMix):
         why.append("mix=cutmix draws its box on the host (mixup draws on the device)")
@@ -81,14 +82,13 @@ class StepGraphs:
         self.setting, self.warmup = capture, warmup
         self.why: str | None = "not a training run"
         self.replaying = False  # the closure runs for a replayed step: see ImageClassifier
-        self.loss: Tensor | None = None  # the last training_step's loss: a graph's is its own
+        self.loss: Tensor | None = None  # the graph's loss, which training_step returns at a replay
         self.captured = self.replayed = 0
         self._decided = False
         self._suspended = False
         self._shape: tuple | None = None  # the staged batch's
         self._static: dict[str, Tensor] = {}
         self._graph: torch.cuda.CUDAGraph | None = None
-        self._graph_shape: tuple | None = None
         self._eager = 0  # eager steps of the current shape
         self._stream: torch.cuda.Stream | None = None
 
@@ -118,26 +118,32 @@ class StepGraphs:
             self._suspended = False
             self._release()
 
-    def stage(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """``batch`` with its tensors copied into the static buffers of its shape, which a
-        captured step reads (a shape's first batch makes them)."""
+    def stage(self, batch: dict[str, Any]) -> None:
+        """``batch``'s tensors replaced by the static buffers of its shape, which a captured step
+        reads, holding the same values. A new shape (a phase's) makes them, and lets the last
+        shape's graph go."""
         shape = tuple(
             (k, tuple(v.shape), v.dtype) if isinstance(v, Tensor) else (k, v) for k, v in batch.items()
         )
         if shape != self._shape:
+            self._release()
             self._shape = shape
             self._static = {k: v.clone() for k, v in batch.items() if isinstance(v, Tensor)}
         else:
             for key, buffer in self._static.items():
                 buffer.copy_(batch[key])
-        return {**batch, **self._static}
+        batch.update(self._static)
 
-    def step(self, run: Callable[[], object], closure: Callable[[], object], optimizer: Any) -> None:
-        """One training step: ``run`` (Lightning's optimizer.step(closure)) eagerly, captured, or
-        replayed with ``closure`` run after it; then ``optimizer.host_step()``."""
-        if self._graph_shape != self._shape or not optimizer.unchanged():
-            self._release()  # a new shape, or the optimizer's state cleared or loaded
-            self._graph_shape = self._shape
+    def step(self, optimizer: LightningOptimizer, closure: Callable[[], object]) -> None:
+        """One training step, Lightning's ``optimizer.step(closure)``: eager, captured, or
+        replayed with ``closure`` run after the replay; then the optimizer's ``host_step``."""
+        inner = optimizer.optimizer
+
+        def run() -> object:
+            return optimizer.step(closure=closure)
+
+        if not inner.unchanged():
+            self._release()  # the optimizer's state cleared or loaded: the graph read the old one
         if self._graph is not None:
             self._graph.replay()
             self.replayed += 1
@@ -146,12 +152,12 @@ class StepGraphs:
                 closure()
             finally:
                 self.replaying = False
-        elif self._eager < self.warmup or not optimizer.settled():
+        elif self._eager < self.warmup or not inner.settled():
             self._eager += 1
             self._run_eager(run)
-        elif not self._try_capture(run, optimizer):
+        elif not self._try_capture(run, inner):
             return  # captured nothing, stepped eagerly and counted: the run goes on without graphs
-        optimizer.host_step()
+        inner.host_step()
 
     def _run_eager(self, run: Callable[[], object]) -> None:
         """On the stream the capture will use, as torch's whole-network capture warms up."""
@@ -165,7 +171,8 @@ class StepGraphs:
         """The step captured, then replayed for this batch; False (the step run eagerly, and
         every later one) where the capture failed and ``capture`` is auto."""
         try:
-            self._graph = self._capture(run)
+            # the loss the step returns (Lightning's closure's, detached) is the graph's output
+            self._graph, self.loss = self._capture(run)
         except RuntimeError as err:  # an op the capture refused
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             if self.setting is True:
@@ -183,13 +190,14 @@ class StepGraphs:
         self.replayed += 1
         return True
 
-    def _capture(self, run: Callable[[], object]) -> torch.cuda.CUDAGraph:
+    def _capture(self, run: Callable[[], object]) -> tuple[torch.cuda.CUDAGraph, Tensor]:
+        """The graph of ``run`` and its output, which each replay writes."""
         graph = torch.cuda.CUDAGraph()
         # thread_local: the checkpoint writer's and the pinning thread's copies, on threads of
         # their own, go on during the capture (global would refuse them, or the capture)
         with torch.cuda.graph(graph, stream=self._side_stream(), capture_error_mode="thread_local"):
-            run()
-        return graph
+            loss = run()
+        return graph, loss
 
     def _side_stream(self) -> torch.cuda.Stream:
         if self._stream is None:

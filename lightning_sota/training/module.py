@@ -114,7 +114,7 @@ class ImageClassifier(pl.LightningModule):
 
     def on_train_batch_start(self, batch: dict, batch_idx: int) -> None:
         if self.graphs.on:  # the batch training_step gets: into the buffers a captured step reads
-            batch.update(self.graphs.stage(batch))
+            self.graphs.stage(batch)
         seeds = self._epoch_seeds[1]  # this epoch's: on_train_epoch_start made them
         if batch_idx < len(seeds):
             self._seed(seeds[batch_idx])
@@ -133,14 +133,11 @@ class ImageClassifier(pl.LightningModule):
         else:
             x, partner, lam = self.mix(x, y)
             loss = mixed_loss(self.loss, self.model(x), y, partner, lam)
-        self.graphs.loss = loss.detach()
         return loss
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
         if self.graphs.on:
-            self.graphs.step(
-                lambda: optimizer.step(closure=optimizer_closure), optimizer_closure, optimizer.optimizer
-            )
+            self.graphs.step(optimizer, optimizer_closure)
         else:
             optimizer.step(closure=optimizer_closure)
 
@@ -254,10 +251,8 @@ class ImageClassifier(pl.LightningModule):
         schedule = self.schedule_factory(optimizer, self.plan.optimizer_steps())
         if self._trainer is not None:
             trainer = self.trainer
-            self.graphs.decide(
-                blockers(self.device, trainer.world_size, trainer.precision, trainer.accumulate_grad_batches,
-                         self.mix, self.config.get("model", {}).get("compile", False), optimizer, schedule)
-            )  # fmt: skip
+            compile_mode = self.config.get("model", {}).get("compile", False)
+            self.graphs.decide(blockers(trainer, self.mix, compile_mode, optimizer, schedule))
             if self.graphs.on:
                 optimizer.defer_host = True
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

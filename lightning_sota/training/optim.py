@@ -116,11 +116,14 @@ class FusedRAdamW(torch.optim.Optimizer):
         )
 
     def unchanged(self) -> bool:
-        """Whether every group's state is still the one its lists were made from (not cleared by
-        fastai's clear_state, not loaded from a checkpoint): what a captured step reads."""
-        return all(
-            self.state.get(lists[0][0], {}).get("exp_avg") is lists[1][0] for lists in self._lists.values()
-        )
+        """Whether every group's state is still the one its lists were made from: what a
+        captured step reads."""
+        return all(self._fresh(lists) for lists in self._lists.values())
+
+    def _fresh(self, lists: tuple) -> bool:
+        """Whether the state ``lists`` were made from is still the state (not cleared by fastai's
+        clear_state, not loaded from a checkpoint): one look at the first parameter's."""
+        return self.state.get(lists[0][0], {}).get("exp_avg") is lists[1][0]
 
     @staticmethod
     def _fused(t: int, beta2: float) -> bool:
@@ -129,13 +132,12 @@ class FusedRAdamW(torch.optim.Optimizer):
         return rho_inf - 2 * t * beta2**t / (1 - beta2**t) > 5
 
     def _current(self, lists: tuple, params: list[torch.Tensor]) -> bool:
-        """Whether the cached lists are ``params``' and their state is still the one they were
-        made from (not cleared by fastai's clear_state, not loaded from a checkpoint)."""
+        """Whether the cached lists are ``params``' and still fresh."""
         cached = lists[0]
         same = cached is params or (
             len(cached) == len(params) and all(a is b for a, b in zip(cached, params, strict=True))
         )
-        return same and self.state.get(params[0], {}).get("exp_avg") is lists[1][0]
+        return same and self._fresh(lists)
 
     def _state_lists(self, i: int, group: dict, params: list[torch.Tensor]) -> tuple:
         """The group's (params, moments, squared moments, step count, host count), made again
